@@ -1,0 +1,48 @@
+# The two commands: `make demo` runs the whole loop on the embedded default, `make test` runs the
+# checks and the test suite against real local services. Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test check lint types unit integration services venv clean
+
+demo: $(STAMP)
+	$(BIN)/fleetlearn demo
+
+# pytest exits 5 when it collected no test: that is a broken suite, not a pass.
+test: $(STAMP) services check
+	@$(BIN)/pytest --durations=15; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+check: lint types
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(STAMP)
+	$(BIN)/mypy bus models edge_agent cloud_trainer fleetlearn tests
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) services
+	$(BIN)/pytest tests/integration
+
+# Mosquitto (apt), Kafka's jars (Maven) and MinIO (go build), installed once and cached.
+services: $(STAMP)
+	$(BIN)/fleetlearn services install
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11+) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

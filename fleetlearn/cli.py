@@ -1,0 +1,23 @@
+"""The one `fleetlearn` command: a sub-command group per component, wired here and nowhere else."""
+
+from __future__ import annotations
+
+import typer
+
+from fleetlearn.inspect import inspect_command
+from fleetlearn.services.cli import services_app
+
+app = typer.Typer(
+    name="fleetlearn",
+    help="Train models across a fleet of edge devices and the cloud.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("inspect")(inspect_command)
+app.add_typer(services_app, name="services")
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m fleetlearn.cli`
+    app()
