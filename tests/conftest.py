@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fleetlearn.services.base import FleetlearnError
+from bus.errors import FleetlearnError
 
 REQUIRE = os.environ.get("FLEETLEARN_REQUIRE_SERVICES") == "1"
 
@@ -121,11 +121,15 @@ def s3(services_dir: Path) -> Iterator[S3Handle]:
         service = MinioService(services_dir / "minio")
     _start("minio", service)
     handle = S3Handle(service.endpoint, service.access_key, service.secret_key, service.region)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID=handle.access_key,
-                      AWS_SECRET_ACCESS_KEY=handle.secret_key,
-                      AWS_DEFAULT_REGION=handle.region)
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=handle.access_key,
+        AWS_SECRET_ACCESS_KEY=handle.secret_key,
+        AWS_DEFAULT_REGION=handle.region,
+    )
     yield handle
     for key, value in saved.items():
         if value is None:

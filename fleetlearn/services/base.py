@@ -15,7 +15,7 @@ from bus.errors import FleetlearnError
 
 
 class ServiceError(FleetlearnError):
-    """A local service could not be installed, started or stopped; the message says which and why."""
+    """A local service could not be installed, started or stopped; the message says why."""
 
 
 def cache_dir() -> Path:
@@ -63,7 +63,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             try:
-                self.proc = subprocess.Popen(  # noqa: S603 - argv built by us, no shell
+                self.proc = subprocess.Popen(
                     self.argv,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -83,7 +83,7 @@ class ServiceProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, host: str, port: int, timeout: float) -> None:
-        """Block until the port accepts connections; fail early, with the log, if the process died."""
+        """Wait until the port accepts connections; fail early, with its log, if it dies."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():

@@ -28,8 +28,10 @@ def _names(names: list[str] | None) -> tuple[str, ...]:
     chosen = tuple(names or manager.SERVICE_NAMES)
     unknown = [n for n in chosen if n not in manager.SERVICE_NAMES]
     if unknown:
-        err.print(f"error: unknown service(s) {', '.join(unknown)}; "
-                  f"known: {', '.join(manager.SERVICE_NAMES)}")
+        err.print(
+            f"error: unknown service(s) {', '.join(unknown)}; "
+            f"known: {', '.join(manager.SERVICE_NAMES)}"
+        )
         raise typer.Exit(2)
     return chosen
 

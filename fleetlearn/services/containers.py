@@ -25,8 +25,10 @@ def docker_available() -> bool:
         return False
     try:
         result = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"],  # noqa: S607
-            capture_output=True, timeout=10, check=False,
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -55,13 +57,16 @@ class MosquittoContainer:
     def start(self) -> None:
         from testcontainers.core.container import DockerContainer
 
-        config = ("listener 1883\nallow_anonymous true\npersistence true\n"
-                  "persistence_location /mosquitto/data/\nmax_queued_messages 0\n")
+        config = (
+            "listener 1883\nallow_anonymous true\npersistence true\n"
+            "persistence_location /mosquitto/data/\nmax_queued_messages 0\n"
+        )
         self.container = (
             DockerContainer(MOSQUITTO_IMAGE)
             .with_exposed_ports(1883)
-            .with_command(["sh", "-c", f"printf '{config}' > /tmp/m.conf && "
-                                       "exec mosquitto -c /tmp/m.conf"])
+            .with_command(
+                ["sh", "-c", f"printf '{config}' > /tmp/m.conf && exec mosquitto -c /tmp/m.conf"]
+            )
         )
         self.container.start()
         self.host = self.container.get_container_host_ip()

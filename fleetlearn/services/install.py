@@ -31,9 +31,7 @@ def repo_root() -> Path:
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
     try:
-        result = subprocess.run(  # noqa: S603 - fixed argv
-            argv, capture_output=True, text=True, env=env, check=False
-        )
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     except OSError as exc:
         raise ServiceError(f"{what}: cannot run {argv[0]}: {exc}") from exc
     if result.returncode != 0:
@@ -62,9 +60,7 @@ def ensure_mosquitto() -> Path:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     _run(["apt-get", "install", "-y", "-qq", "mosquitto"], "apt-get install mosquitto", env)
     # Debian starts a system broker on 1883; ours run on their own ports, so stop it if it runs.
-    subprocess.run(  # noqa: S603 - fixed argv
-        ["service", "mosquitto", "stop"], capture_output=True, check=False
-    )
+    subprocess.run(["service", "mosquitto", "stop"], capture_output=True, check=False)
     return mosquitto_binary()
 
 
@@ -83,8 +79,15 @@ def ensure_kafka_libs() -> Path:
     staging = libs.with_name("libs.partial")
     shutil.rmtree(staging, ignore_errors=True)
     _run(
-        ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}"],
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+        ],
         "resolving Kafka jars with Maven",
     )
     shutil.rmtree(libs, ignore_errors=True)

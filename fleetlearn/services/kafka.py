@@ -101,9 +101,19 @@ class KafkaService:
         if (self.workdir / "data" / "meta.properties").exists():
             return  # a restart keeps its data
         java = shutil.which("java") or "java"
-        argv = [java, "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
-                "--standalone", "-t", _cluster_id(), "-c", str(config)]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        argv = [
+            java,
+            "-cp",
+            self._classpath(),
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(config),
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
 
@@ -114,9 +124,15 @@ class KafkaService:
         config = self._write_config(free_port(self.host))
         self._format(config)
         java = shutil.which("java") or "java"
-        argv = [java, *JAVA_OPTS,
-                f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.yaml'}",
-                "-cp", self._classpath(), "kafka.Kafka", str(config)]
+        argv = [
+            java,
+            *JAVA_OPTS,
+            f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.yaml'}",
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(config),
+        ]
         self.process = ServiceProcess("kafka", argv, self.workdir / "kafka.log")
         self.process.start()
         self.process.wait_ready(self.host, self.port, timeout)

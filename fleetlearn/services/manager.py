@@ -82,14 +82,18 @@ def _start_one(name: str, workdir: Path, port: int) -> RunningService:
     else:
         raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
     service.start()
-    assert service.process is not None and service.process.pid is not None
-    return RunningService(name, service.process.pid, service.host, service.port, service.env())
+    pid = service.process.pid if service.process else None
+    if pid is None:
+        raise ServiceError(f"{name} started without a process id")
+    return RunningService(name, pid, service.host, service.port, service.env())
 
 
 DEFAULT_PORTS = {"mosquitto": 1883, "kafka": 9092, "minio": 9000}
 
 
-def up(names: tuple[str, ...] = SERVICE_NAMES, *, default_ports: bool = True) -> dict[str, RunningService]:
+def up(
+    names: tuple[str, ...] = SERVICE_NAMES, *, default_ports: bool = True
+) -> dict[str, RunningService]:
     """Start what is not already serving; return every recorded service."""
     state = load_state()
     for name in names:

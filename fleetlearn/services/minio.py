@@ -51,9 +51,16 @@ class MinioService:
             MINIO_BROWSER="off",
             MINIO_UPDATE="off",
         )
-        argv = [str(ensure_minio()), "server", str(data), "--quiet",
-                "--address", f"{self.host}:{self.port}",
-                "--console-address", f"{self.host}:{console_port}"]
+        argv = [
+            str(ensure_minio()),
+            "server",
+            str(data),
+            "--quiet",
+            "--address",
+            f"{self.host}:{self.port}",
+            "--console-address",
+            f"{self.host}:{console_port}",
+        ]
         self.process = ServiceProcess("minio", argv, self.workdir / "minio.log", env=env)
         self.process.start()
         self.process.wait_ready(self.host, self.port, timeout)
@@ -63,10 +70,12 @@ class MinioService:
         url = f"{self.endpoint}/minio/health/ready"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.2)
         log = self.workdir / "minio.log"
         raise ServiceError(f"minio was not ready within {timeout:.0f} s:\n{tail(log)}")

@@ -60,7 +60,9 @@ class MosquittoService:
             self.port = free_port(self.host)
         config = self._write_config()
         self.process = ServiceProcess(
-            "mosquitto", [str(mosquitto_binary()), "-c", str(config)], self.workdir / "mosquitto.log"
+            "mosquitto",
+            [str(mosquitto_binary()), "-c", str(config)],
+            self.workdir / "mosquitto.log",
         )
         self.process.start()
         self.process.wait_ready(self.host, self.port, timeout)

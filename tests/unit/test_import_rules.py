@@ -1,4 +1,4 @@
-"""The dependency rules of ARCHITECTURE.md, checked on every module's imports (static, no import)."""
+"""The dependency rules of ARCHITECTURE.md, checked statically on every module's imports."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
 def test_device_extra_stays_slim() -> None:
     import tomllib
 
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     heavy = ("confluent-kafka", "boto3", "torch")
     for requirement in extras["edge"]:
         assert not requirement.startswith(heavy), f"edge extra pulls in {requirement}"
