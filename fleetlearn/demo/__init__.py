@@ -1,0 +1,1 @@
+"""`fleetlearn demo`: the smallest honest federated loop over the embedded bus on one machine."""
