@@ -1,0 +1,242 @@
+"""The message headers: one frozen, strictly validated class per kind, with a schema version.
+
+Unknown fields are rejected (a typo never passes silently), ids and names are checked against
+the same rules as topics, and numbers are range-checked so a receiver never has to.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from bus.ids import MESSAGE_ID_PATTERN, new_message_id
+
+SCHEMA_VERSION = 1
+
+MessageId = Annotated[str, StringConstraints(pattern=MESSAGE_ID_PATTERN)]
+Fleet = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+TensorName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+Metrics = dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], Finite]
+
+
+class MessageKind(StrEnum):
+    UPDATE = "update"
+    DATA = "data"
+    STATUS = "status"
+    ROUND = "round"
+    RELEASE = "release"
+    COMMAND = "command"
+
+
+class CodecName(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    TOPK = "topk"
+
+
+class CommandName(StrEnum):
+    TRAIN_NOW = "train_now"
+    REPORT = "report"
+    ROLLBACK = "rollback"
+
+
+DType = Literal["F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"]
+Compression = Literal["none", "zstd"]
+
+
+class _Strict(BaseModel):
+    # Lax when built in Python (enums from strings, lists for tuples); strict when decoded from the
+    # wire, where `decode_message` validates JSON with `strict=True`.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PayloadInfo(_Strict):
+    """The inline payload as it travels: its size, its hash, and how to unpack it."""
+
+    length: Count
+    raw_length: Count
+    sha256: Sha256
+    compression: Compression
+
+
+class PayloadRef(_Strict):
+    """A claim check: the payload lives in the object store at `url`."""
+
+    url: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    sha256: Sha256
+    length: Count
+
+
+class TensorSpec(_Strict):
+    """One decoded tensor: what the receiver ends up with, whatever the codec."""
+
+    name: TensorName
+    dtype: DType
+    shape: Annotated[tuple[Count, ...], Field(max_length=8)]
+
+
+class CodecSpec(_Strict):
+    name: CodecName
+    topk_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _ratio_iff_topk(self) -> Self:
+        if (self.name is CodecName.TOPK) != (self.topk_ratio is not None):
+            raise ValueError("topk_ratio is required for topk and only for topk")
+        return self
+
+
+class Envelope(_Strict):
+    """Fields every message carries."""
+
+    schema_version: Literal[1] = Field(1, alias="schema")
+    kind: MessageKind
+    id: MessageId = Field(default_factory=new_message_id)
+    created_at: Finite = Field(default_factory=time.time)
+    fleet: Fleet
+    payload: PayloadInfo | None = None
+    payload_ref: PayloadRef | None = None
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> Self:
+        if self.payload is not None and self.payload_ref is not None:
+            raise ValueError("a message carries its payload inline or by reference, not both")
+        return self
+
+
+class Privacy(_Strict):
+    epsilon: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    delta: Annotated[float, Field(ge=0, le=1)]
+
+
+class ModelUpdate(Envelope):
+    """A device's model delta against the round's base version."""
+
+    kind: Literal[MessageKind.UPDATE] = MessageKind.UPDATE
+    device_id: DeviceId
+    round_id: Text
+    model: Name
+    base_version: Count
+    num_examples: Annotated[int, Field(ge=1)]
+    codec: CodecSpec
+    tensors: tuple[TensorSpec, ...] = ()
+    metrics: Metrics = Field(default_factory=dict)
+    privacy: Privacy | None = None
+
+
+class DataBatch(Envelope):
+    """Raw samples, sent only where the fleet policy lets data leave the device."""
+
+    kind: Literal[MessageKind.DATA] = MessageKind.DATA
+    device_id: DeviceId
+    stream: Name
+    num_samples: Annotated[int, Field(ge=1)]
+    tensors: tuple[TensorSpec, ...] = ()
+
+
+class Status(Envelope):
+    """A heartbeat; the Last Will is one with `online=False`."""
+
+    kind: Literal[MessageKind.STATUS] = MessageKind.STATUS
+    device_id: DeviceId
+    online: bool
+    model: Name | None = None
+    model_version: Count | None = None
+    buffer_rows: Count = 0
+    buffer_bytes: Count = 0
+    outbox_messages: Count = 0
+    cpu_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    memory_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    temperature_c: Finite | None = None
+    on_battery: bool | None = None
+    agent_version: Annotated[str, StringConstraints(max_length=64)] = ""
+    uptime_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
+class TrainingConfig(_Strict):
+    epochs: Annotated[int, Field(ge=1)] = 1
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    learning_rate: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 0.01
+    fedprox_mu: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    codec: CodecSpec = CodecSpec(name=CodecName.FP32)
+    compression: Compression = "none"
+    clip_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
+class Sampling(_Strict):
+    rate: Annotated[float, Field(gt=0, le=1)] = 1.0
+    min_devices: Annotated[int, Field(ge=1)] = 1
+    devices: tuple[DeviceId, ...] | None = None
+    seed: int = 0
+
+
+class RoundAnnouncement(Envelope):
+    kind: Literal[MessageKind.ROUND] = MessageKind.ROUND
+    round_id: Text
+    model: Name
+    base_version: Count
+    mode: Literal["sync", "async"] = "sync"
+    deadline: Finite
+    training: TrainingConfig = TrainingConfig()
+    sampling: Sampling = Sampling()
+
+
+class ModelFile(_Strict):
+    """One released file; `url=None` means it rides inline as a U8 tensor named `name`."""
+
+    name: FileName
+    format: Literal["onnx", "tflite"]
+    quantization: Literal["fp32", "int8"]
+    sha256: Sha256
+    size: Count
+    url: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+
+
+class ReleaseManifest(Envelope):
+    kind: Literal[MessageKind.RELEASE] = MessageKind.RELEASE
+    model: Name
+    version: Count
+    round_id: Text | None = None
+    files: Annotated[tuple[ModelFile, ...], Field(min_length=1)]
+    metrics: Metrics = Field(default_factory=dict)
+    key_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]+={0,2}$")] | None = None
+
+
+class Command(Envelope):
+    kind: Literal[MessageKind.COMMAND] = MessageKind.COMMAND
+    device_id: DeviceId
+    command: CommandName
+    args: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64)], bool | int | Finite | str
+    ] = Field(default_factory=dict)
+
+
+ENVELOPES: dict[MessageKind, type[Envelope]] = {
+    MessageKind.UPDATE: ModelUpdate,
+    MessageKind.DATA: DataBatch,
+    MessageKind.STATUS: Status,
+    MessageKind.ROUND: RoundAnnouncement,
+    MessageKind.RELEASE: ReleaseManifest,
+    MessageKind.COMMAND: Command,
+}
+
+AnyEnvelope = ModelUpdate | DataBatch | Status | RoundAnnouncement | ReleaseManifest | Command
+
+
+def header_dict(envelope: Envelope) -> dict[str, Any]:
+    """The header as JSON-ready values, field names as on the wire."""
+    return envelope.model_dump(mode="json", by_alias=True)
