@@ -1,0 +1,364 @@
+"""The one MQTT client of fleetlearn (paho-mqtt 2.x lives only here): QoS 1, persistent
+sessions, reconnect with backoff, publishes that can be awaited until the broker's PUBACK, and
+manual acknowledgements for callers that must not lose a message.
+
+Two ways to run the network loop: a background thread (default), or `threaded=False` where
+the caller calls `loop()` itself, e.g. between Kafka polls in the bridge's single thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bus import errors
+from bus.errors import ConnectError, PublishError
+from bus.mqtt.options import MqttOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Will:
+    """Published by the broker if this client vanishes without saying goodbye."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class MqttMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    _ack: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def ack(self) -> None:
+        """Acknowledge (manual-ack clients only). Ack in arrival order: brokers expect it."""
+        if self._ack is not None:
+            self._ack()
+
+
+Handler = Callable[[MqttMessage], None]
+
+
+class PublishHandle:
+    """Completes when the broker acknowledged the message (PUBACK for QoS 1)."""
+
+    def __init__(self, client: MqttClient, topic: str, qos: int) -> None:
+        self._client = client
+        self.topic = topic
+        self.qos = qos
+        self._done = threading.Event()
+        self._error: PublishError | None = None
+
+    def _finish(self, error: PublishError | None = None) -> None:
+        self._error = error
+        self._done.set()
+
+    @property
+    def acknowledged(self) -> bool:
+        return self._done.is_set() and self._error is None
+
+    def wait(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._done.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.TimeoutError(
+                    f"no acknowledgement for {self.topic!r} within {timeout} s"
+                )
+            if self._client.threaded:
+                self._done.wait(min(remaining, 0.5))
+            else:
+                self._client.loop(min(remaining, 0.1))
+        if self._error is not None:
+            raise self._error
+
+
+class MqttClient:
+    def __init__(
+        self, options: MqttOptions, *, will: Will | None = None, threaded: bool = True
+    ) -> None:
+        self.options = options
+        self.threaded = threaded
+        self._lock = threading.RLock()
+        self._handlers: dict[str, tuple[int, Handler]] = {}
+        self._pending: dict[int, PublishHandle] = {}
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self._closed = False
+        self._next_reconnect = 0.0
+        self._backoff = options.reconnect_min_s
+        self._paho = self._build(will)
+
+    def _build(self, will: Will | None) -> paho.Client:
+        o = self.options
+        protocol = paho.MQTTv5 if o.protocol == 5 else paho.MQTTv311
+        kwargs: dict[str, Any] = {"manual_ack": o.manual_ack}
+        if o.protocol == 311:
+            kwargs["clean_session"] = o.clean_start
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=o.client_id, protocol=protocol, **kwargs
+        )
+        if o.username is not None:
+            client.username_pw_set(o.username, o.password)
+        if o.tls:
+            context = ssl.create_default_context(cafile=o.ca_file)
+            if o.cert_file:
+                context.load_cert_chain(o.cert_file, o.key_file)
+            if o.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(context)
+        if will is not None:
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
+        client.max_inflight_messages_set(o.max_inflight)
+        client.max_queued_messages_set(o.max_queued)
+        client.reconnect_delay_set(
+            max(1, round(o.reconnect_min_s)), max(1, round(o.reconnect_max_s))
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self, timeout: float = 10.0) -> MqttClient:
+        """Connect and wait for the broker's CONNACK; refusal or silence is a ConnectError."""
+        o = self.options
+        try:
+            if o.protocol == 5:
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.SessionExpiryInterval = o.session_expiry
+                self._paho.connect(
+                    o.host, o.port, o.keepalive, clean_start=o.clean_start, properties=properties
+                )
+            else:
+                self._paho.connect(o.host, o.port, o.keepalive)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectError(f"cannot reach {o.url} as {o.client_id!r}: {exc}") from exc
+        if self.threaded:
+            self._paho.loop_start()
+        deadline = time.monotonic() + timeout
+        while not self._connected.is_set() and self._refused is None:
+            if time.monotonic() > deadline:
+                self._stop_loop()
+                raise ConnectError(f"{o.url} did not answer CONNECT within {timeout} s")
+            if self.threaded:
+                self._connected.wait(0.05)
+            else:
+                self._paho.loop(0.05)
+        if self._refused is not None:
+            self._stop_loop()
+            raise ConnectError(f"{o.url} refused {o.client_id!r}: {self._refused}")
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._connected.is_set() and time.monotonic() < deadline:
+            if self.threaded:
+                self._connected.wait(0.05)
+            else:
+                self.loop(0.05)
+        return self._connected.is_set()
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+            client.disconnect()  # stop paho from retrying with credentials that will not work
+            return
+        self._backoff = self.options.reconnect_min_s
+        self._connected.set()
+        if not flags.session_present:  # the broker forgot us: subscribe again
+            with self._lock:
+                for topic_filter, (qos, _) in self._handlers.items():
+                    client.subscribe(topic_filter, qos)
+        log.info(
+            "mqtt connected", extra={"url": self.options.url, "client_id": self.options.client_id}
+        )
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._connected.clear()
+        if not self._closed:
+            log.warning("mqtt disconnected", extra={"url": self.options.url, "reason": str(reason)})
+
+    def loop(self, timeout: float = 0.1) -> None:
+        """Run the network loop once (for `threaded=False`); reconnects with backoff."""
+        if self._closed:
+            return
+        if not self._connected.is_set() and self._refused is None and self._paho.socket() is None:
+            now = time.monotonic()
+            if now < self._next_reconnect:
+                time.sleep(min(timeout, self._next_reconnect - now))
+                return
+            try:
+                self._paho.reconnect()
+            except (OSError, ssl.SSLError):
+                self._next_reconnect = now + self._backoff
+                self._backoff = min(self._backoff * 2, self.options.reconnect_max_s)
+                return
+        self._paho.loop(timeout)
+
+    # -- publish ----------------------------------------------------------------------------
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> PublishHandle:
+        """Queue a message; `wait()` on the handle returns once the broker has it.
+
+        While disconnected, QoS 1 messages wait in memory and go out after the reconnect.
+        """
+        if self._closed:
+            raise PublishError(f"publish to {topic!r} on a closed client")
+        handle = PublishHandle(self, topic, qos)
+        with self._lock:  # on_publish takes the lock too, so it cannot run before we register
+            info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+                raise PublishError(f"publish to {topic!r}: the outgoing queue is full")
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                raise PublishError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+            if qos == 0:
+                handle._finish()
+            else:
+                self._pending[info.mid] = handle
+        return handle
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        with self._lock:
+            handle = self._pending.pop(mid, None)
+        if handle is None:
+            return
+        if reason is not None and getattr(reason, "is_failure", False):
+            handle._finish(
+                PublishError(f"broker refused the message on {handle.topic!r}: {reason}")
+            )
+        else:
+            handle._finish()
+
+    # -- subscribe --------------------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
+        """Route `topic_filter` to `handler`.
+
+        Subscribe before `connect()` when resuming a persistent session: the messages the
+        broker kept arrive right after CONNACK.
+        """
+        with self._lock:
+            self._handlers[topic_filter] = (qos, handler)
+        if not self._connected.is_set():
+            return  # sent on connect unless the broker still holds the session
+        result, _ = self._paho.subscribe(topic_filter, qos)
+        if result not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise ConnectError(f"subscribe to {topic_filter!r} failed: {paho.error_string(result)}")
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        handler = self._handler_for(message.topic)
+        ack: Callable[[], None] | None = None
+        if self.options.manual_ack and message.qos > 0:
+            mid, qos = message.mid, message.qos
+
+            def ack() -> None:
+                client.ack(mid, qos)
+
+        wrapped = MqttMessage(
+            message.topic,
+            bytes(message.payload),
+            message.qos,
+            bool(message.retain),
+            message.mid,
+            ack,
+        )
+        if handler is None:  # not acked: with manual acks the broker redelivers it later
+            log.warning("mqtt message without a handler", extra={"topic": message.topic})
+            return
+        try:
+            handler(wrapped)
+        except Exception:  # a daemon loop: one bad handler call must not kill the connection
+            log.exception("mqtt handler failed", extra={"topic": message.topic})
+
+    def _handler_for(self, topic: str) -> Handler | None:
+        with self._lock:
+            for topic_filter, (_, handler) in self._handlers.items():
+                plain = (
+                    topic_filter.split("/", 2)[2]
+                    if topic_filter.startswith("$share/")
+                    else topic_filter
+                )
+                if paho.topic_matches_sub(plain, topic):
+                    return handler
+        return None
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def _stop_loop(self) -> None:
+        if self.threaded:
+            self._paho.loop_stop()
+
+    def close(self) -> None:
+        """Disconnect cleanly (no Last Will) and stop the loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._paho.disconnect()
+        if self.threaded:
+            self._paho.loop_stop()
+        else:
+            self._paho.loop(0.05)
+        self._connected.clear()
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT, as a crash would (the Last Will fires)."""
+        self._closed = True
+        sock = self._paho.socket()
+        if sock is not None:
+            sock.close()
+        if self.threaded:
+            self._paho.loop_stop()
+
+
+def connect_mqtt(
+    url: str,
+    *,
+    client_id: str,
+    will: Will | None = None,
+    threaded: bool = True,
+    timeout: float = 10.0,
+    subscriptions: Mapping[str, Handler] | None = None,
+    **options: Any,
+) -> MqttClient:
+    """Open and connect a client for `url`; `options` override `MqttOptions` fields.
+
+    `subscriptions` are installed before CONNECT, so nothing a resumed session delivers is missed.
+    """
+    settings = MqttOptions.from_url(url, client_id=client_id, **options)
+    client = MqttClient(settings, will=will, threaded=threaded)
+    for topic_filter, handler in (subscriptions or {}).items():
+        client.subscribe(topic_filter, handler)
+    return client.connect(timeout)
