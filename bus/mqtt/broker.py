@@ -5,6 +5,7 @@ amqtt inside this process (MQTT 3.1.1 only; install it with the `embedded` extra
 from __future__ import annotations
 
 import asyncio
+import getpass
 import shutil
 import socket
 import subprocess
@@ -99,6 +100,7 @@ class EmbeddedBroker:
         config.write_text(
             "\n".join(
                 [
+                    f"user {getpass.getuser()}",  # as root, stay root: our files, our dirs
                     f"listener {self.port} {self.host}",
                     "allow_anonymous true",
                     "persistence true",

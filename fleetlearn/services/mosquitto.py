@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from fleetlearn.services.install import mosquitto_binary
 # Persistence on, and no queue limits: Mosquitto's defaults (1000 queued messages per session)
 # drop messages for an offline device or a stopped bridge. autosave_interval is short because
 # PUBACK is not disk: a SIGKILLed broker loses what it queued since the last save.
+# `user` keeps the broker running as whoever started it: as root, Mosquitto would otherwise
+# switch to the `mosquitto` user and could not read its own data and password files.
 CONFIG_TEMPLATE = """\
+user {user}
 listener {port} {host}
 allow_anonymous true
 persistence true
@@ -50,7 +54,11 @@ class MosquittoService:
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "mosquitto.conf"
         text = CONFIG_TEMPLATE.format(
-            port=self.port, host=self.host, data=data, autosave=self.autosave_interval
+            port=self.port,
+            host=self.host,
+            data=data,
+            autosave=self.autosave_interval,
+            user=getpass.getuser(),
         )
         config.write_text(text + self.extra_config)
         return config
