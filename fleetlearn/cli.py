@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from fleetlearn.demo.cli import demo_command
 from fleetlearn.inspect import inspect_command
 from fleetlearn.services.cli import services_app
 
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+app.command("demo")(demo_command)
 app.command("inspect")(inspect_command)
 app.add_typer(services_app, name="services")
 
