@@ -78,7 +78,9 @@ def _start_one(name: str, workdir: Path, port: int) -> RunningService:
     elif name == "kafka":
         service = KafkaService(workdir, port=port)
     elif name == "minio":
-        service = MinioService(workdir, port=port, secret_key="fleetlearn-dev-secret")
+        service = MinioService(
+            workdir, port=port, secret_key="fleetlearn-dev-secret", buckets=("fleetlearn",)
+        )
     else:
         raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
     service.start()

@@ -23,6 +23,8 @@ class MinioService:
     access_key: str = "fleetlearn"
     secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
     region: str = "us-east-1"
+    # Buckets to create once the server is up (a developer's `services up` gets `fleetlearn`).
+    buckets: tuple[str, ...] = ()
     process: ServiceProcess | None = field(default=None, init=False)
 
     @property
@@ -65,6 +67,24 @@ class MinioService:
         self.process.start()
         self.process.wait_ready(self.host, self.port, timeout)
         self._wait_healthy(timeout)
+        self._create_buckets()
+
+    def _create_buckets(self) -> None:
+        if not self.buckets:
+            return
+        import boto3  # the cloud extra; only needed when buckets are asked for
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        for bucket in self.buckets:
+            if bucket not in existing:
+                client.create_bucket(Bucket=bucket)
 
     def _wait_healthy(self, timeout: float) -> None:
         url = f"{self.endpoint}/minio/health/ready"
