@@ -6,11 +6,15 @@ Every adapter reads its URL through here so that a bad URL fails the same way ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bus.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,23 +40,19 @@ class ParsedUrl:
         return self.query.get(name, default)
 
     def int_option(self, name: str, default: int) -> int:
-        value = self.query.get(name)
-        if value is None:
-            return default
-        try:
-            return int(value)
-        except ValueError as exc:
-            message = f"{self.safe}: option {name!r} must be an integer, got {value!r}"
-            raise ConfigError(message) from exc
+        return self._converted(name, default, int, "an integer")
 
     def float_option(self, name: str, default: float) -> float:
+        return self._converted(name, default, float, "a number")
+
+    def _converted(self, name: str, default: T, convert: Callable[[str], T], what: str) -> T:
         value = self.query.get(name)
         if value is None:
             return default
         try:
-            return float(value)
+            return convert(value)
         except ValueError as exc:
-            message = f"{self.safe}: option {name!r} must be a number, got {value!r}"
+            message = f"{self.safe}: option {name!r} must be {what}, got {value!r}"
             raise ConfigError(message) from exc
 
     def bool_option(self, name: str, default: bool) -> bool:

@@ -31,7 +31,7 @@ from bus.protocol.envelopes import (
     ReleaseManifest,
     TensorSpec,
 )
-from bus.protocol.frame import pack_frame, unpack_frame
+from bus.protocol.frame import Frame, pack_frame, unpack_frame
 from bus.protocol.limits import DEFAULT_LIMITS, Limits
 from bus.protocol.tensors import Tensors, dtype_code, parse_json, read_tensors, write_tensors
 
@@ -139,19 +139,14 @@ def peek_header(
     data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS
 ) -> AnyEnvelope:
     """Validate the frame and header without touching the payload bytes (what a bridge needs)."""
-    frame = unpack_frame(data, limits)
-    envelope = parse_header(frame.header)
-    _check_payload_frame(envelope, frame.compressed, len(frame.payload), limits)
-    return envelope
+    return _open(data, limits)[1]
 
 
 def decode_message(
     data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS
 ) -> Message:
     """Decode and validate everything: frame, header, payload hash, tensors, codec."""
-    frame = unpack_frame(data, limits)
-    envelope = parse_header(frame.header)
-    _check_payload_frame(envelope, frame.compressed, len(frame.payload), limits)
+    frame, envelope = _open(data, limits)
     tensors: Tensors = {}
     if envelope.payload is not None:
         if hashlib.sha256(frame.payload).hexdigest() != envelope.payload.sha256:
@@ -163,6 +158,14 @@ def decode_message(
         )
         tensors = read_tensors(raw, limits)
     return Message(envelope, _interpret(envelope, tensors))
+
+
+def _open(data: bytes | bytearray | memoryview, limits: Limits) -> tuple[Frame, AnyEnvelope]:
+    """The frame and its validated header, with the payload's size checked against it."""
+    frame = unpack_frame(data, limits)
+    envelope = parse_header(frame.header)
+    _check_payload_frame(envelope, frame.compressed, len(frame.payload), limits)
+    return frame, envelope
 
 
 def parse_header(raw: memoryview | bytes) -> AnyEnvelope:
