@@ -52,7 +52,8 @@ class EmbeddedBroker:
     ) -> None:
         self.host = host
         self.port = port or _free_port(host)
-        mosquitto = shutil.which("mosquitto")
+        # Debian installs it in sbin, which is not always on a user's PATH.
+        mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
         if prefer == "mosquitto" and mosquitto is None:
             raise ConfigError(
                 "prefer='mosquitto' but no mosquitto on PATH (apt-get install mosquitto)"
