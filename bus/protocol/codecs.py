@@ -19,6 +19,8 @@ from bus.protocol.envelopes import CodecName, CodecSpec, TensorSpec
 from bus.protocol.tensors import DTYPES, Tensors, dtype_code
 
 FP16_MAX = float(np.finfo(np.float16).max)
+# the largest int8 scale whose decoded values (up to 127 * scale) stay finite in float32
+MAX_INT8_SCALE = float(np.finfo(np.float32).max) / 127
 Residual = dict[str, npt.NDArray[np.float32]]
 
 
@@ -105,6 +107,10 @@ def _topk(
                 where=f"residual[{name!r}]",
             )
         accumulated += carried
+        if not np.all(np.isfinite(accumulated)):
+            raise CodecError(
+                "holds NaN or Inf once the residual is added", where=f"residual[{name!r}]"
+            )
     flat = accumulated.ravel()
     assert codec.topk_ratio is not None
     k = topk_count(flat.size, codec.topk_ratio)
@@ -180,9 +186,9 @@ def _decode_one(
         quantized = _require(payload[name], "I8", shape, name)
         scale = _require(payload[f"{name}#scale"], "F32", (), f"{name}#scale")
         value = float(scale)
-        if not math.isfinite(value) or value < 0:
+        if not 0 <= value <= MAX_INT8_SCALE:  # also false for NaN
             raise CodecError(
-                f"scale must be finite and >= 0 (got {value})",
+                f"scale must be finite, >= 0 and <= {MAX_INT8_SCALE:g} (got {value})",
                 where=f"payload.tensors[{name + '#scale'!r}]",
             )
         if np.any(quantized == -128):

@@ -6,15 +6,29 @@ the same rules as topics, and numbers are range-checked so a receiver never has 
 
 from __future__ import annotations
 
+import math
 import time
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Protocol, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+import pydantic
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    model_validator,
+)
 
+from bus.errors import ValidationError
 from bus.ids import MESSAGE_ID_PATTERN, new_message_id
 
 SCHEMA_VERSION = 1
+MAX_ELEMENTS = 2**53
+"""Bound on the product of a shape's non-zero dimensions: exact as a JSON number in any language,
+and far from numpy's size limit, so an absurd shape is a validation error, not a crash."""
 
 MessageId = Annotated[str, StringConstraints(pattern=MESSAGE_ID_PATTERN)]
 Fleet = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
@@ -55,9 +69,50 @@ DType = Literal["F64", "F32", "F16", "I64", "I32", "I16", "I8", "U8", "BOOL"]
 Compression = Literal["none", "zstd"]
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def _unique_names(items: tuple[N, ...]) -> tuple[N, ...]:
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"name {item.name!r} appears twice")
+        seen.add(item.name)
+    return items
+
+
+def _bounded_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise ValueError(f"the non-zero dimensions multiply to more than 2**53 (got {list(shape)})")
+    return shape
+
+
+def pydantic_error(exc: pydantic.ValidationError, root: str) -> ValidationError:
+    """The first problem pydantic found, as `root.field.path: message (got value)`."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] not in {"missing", "extra_forbidden", "value_error"} and not isinstance(
+        first.get("input"), dict
+    ):
+        shown = repr(first.get("input"))
+        message += f" (got {shown[:80]})"
+    if len(errors) > 1:
+        message += f"; and {len(errors) - 1} more problem(s)"
+    return ValidationError(message, where=f"{root}{path}")
+
+
 class _Strict(BaseModel):
     # Lax when built in Python (enums from strings, lists for tuples); strict when decoded from the
     # wire, where `decode_message` validates JSON with `strict=True`.
+    # No custom __init__ to map errors: pydantic would then call it while decoding, dropping strict
+    # mode and the field path. Building a bad header in Python raises pydantic's ValidationError.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -83,7 +138,10 @@ class TensorSpec(_Strict):
 
     name: TensorName
     dtype: DType
-    shape: Annotated[tuple[Count, ...], Field(max_length=8)]
+    shape: Annotated[tuple[Count, ...], Field(max_length=8), AfterValidator(_bounded_shape)]
+
+
+TensorSpecs = Annotated[tuple[TensorSpec, ...], AfterValidator(_unique_names)]
 
 
 class CodecSpec(_Strict):
@@ -130,7 +188,7 @@ class ModelUpdate(Envelope):
     base_version: Count
     num_examples: Annotated[int, Field(ge=1)]
     codec: CodecSpec
-    tensors: tuple[TensorSpec, ...] = ()
+    tensors: TensorSpecs = ()
     metrics: Metrics = Field(default_factory=dict)
     privacy: Privacy | None = None
 
@@ -142,7 +200,8 @@ class DataBatch(Envelope):
     device_id: DeviceId
     stream: Name
     num_samples: Annotated[int, Field(ge=1)]
-    tensors: tuple[TensorSpec, ...] = ()
+    tensors: TensorSpecs = ()
+    label_names: Annotated[tuple[Text, ...], Field(max_length=1024)] | None = None
 
 
 class Status(Envelope):
@@ -210,19 +269,39 @@ class ReleaseManifest(Envelope):
     model: Name
     version: Count
     round_id: Text | None = None
-    files: Annotated[tuple[ModelFile, ...], Field(min_length=1)]
+    files: Annotated[tuple[ModelFile, ...], Field(min_length=1), AfterValidator(_unique_names)]
     metrics: Metrics = Field(default_factory=dict)
     key_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]+={0,2}$")] | None = None
+
+
+ArgValue = bool | int | float | str
+
+
+def _command_args(value: Any) -> dict[str, ArgValue]:
+    # One check instead of a pydantic union: a union's errors name each alternative tried.
+    if not isinstance(value, dict):
+        raise ValueError(f"must be an object (got {type(value).__name__})")
+    if len(value) > 64:
+        raise ValueError(f"at most 64 arguments (got {len(value)})")
+    for key, item in value.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= 64:
+            raise ValueError(f"argument names must be 1..64 characters (got {key!r})")
+        if not isinstance(item, ArgValue) or (isinstance(item, float) and not math.isfinite(item)):
+            raise ValueError(
+                f"argument {key!r} must be a string, integer, finite number or boolean "
+                f"(got {item!r:.40})"
+            )
+    return dict(value)
 
 
 class Command(Envelope):
     kind: Literal[MessageKind.COMMAND] = MessageKind.COMMAND
     device_id: DeviceId
     command: CommandName
-    args: dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=64)], bool | int | Finite | str
-    ] = Field(default_factory=dict)
+    args: Annotated[dict[str, bool | int | float | str], PlainValidator(_command_args)] = Field(
+        default_factory=dict
+    )
 
 
 ENVELOPES: dict[MessageKind, type[Envelope]] = {

@@ -16,6 +16,8 @@ class Limits:
     max_tensors: int = 4096
     max_raw_payload_bytes: int = 256 * MiB
     max_ndim: int = 8
+    # top-k expands on decoding: 1% of a model's values arrive, the whole model comes out
+    max_decoded_bytes: int = 1024 * MiB
 
 
 DEFAULT_LIMITS = Limits()

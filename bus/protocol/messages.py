@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,12 +31,18 @@ from bus.protocol.envelopes import (
     PayloadInfo,
     ReleaseManifest,
     TensorSpec,
+    pydantic_error,
 )
 from bus.protocol.frame import Frame, pack_frame, unpack_frame
 from bus.protocol.limits import DEFAULT_LIMITS, Limits
-from bus.protocol.tensors import Tensors, dtype_code, parse_json, read_tensors, write_tensors
-
-E = TypeVar("E", bound=Envelope)
+from bus.protocol.tensors import (
+    DTYPES,
+    Tensors,
+    dtype_code,
+    parse_json,
+    read_tensors,
+    write_tensors,
+)
 
 
 @dataclass(frozen=True)
@@ -51,46 +58,38 @@ class Message:
 
 
 def encode_message(
-    envelope: E,
+    envelope: Envelope,
     tensors: Mapping[str, npt.ArrayLike] | None = None,
     *,
     compress: bool = False,
     level: int = 3,
     limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
-    """Frame `envelope` with `tensors` as its payload, filling in the payload info itself."""
-    payload = b""
-    if tensors:
-        if envelope.payload_ref is not None:
-            raise ValidationError(
-                "inline tensors and payload_ref are exclusive", where="header.payload_ref"
-            )
-        raw = write_tensors(tensors)
-        if len(raw) > limits.max_raw_payload_bytes:
-            raise ValidationError(
-                f"{len(raw)} bytes, over the limit of {limits.max_raw_payload_bytes}",
-                where="payload",
-            )
-        payload = zstandard.ZstdCompressor(level=level).compress(raw) if compress else raw
-        info = PayloadInfo(
-            length=len(payload),
-            raw_length=len(raw),
-            sha256=hashlib.sha256(payload).hexdigest(),
-            compression="zstd" if compress else "none",
+    """Frame `envelope` with `tensors` as its payload, filling in the payload info itself.
+
+    The result is checked as a receiver would check it, so nothing is sent that would be refused.
+    """
+    raw = write_tensors(tensors) if tensors else b""
+    if len(raw) > limits.max_raw_payload_bytes:
+        raise ValidationError(
+            f"{len(raw)} bytes, over the limit of {limits.max_raw_payload_bytes}", where="payload"
         )
-        envelope = envelope.model_copy(update={"payload": info})
-        _interpret(envelope, read_tensors(memoryview(raw), limits))  # never send what we'd refuse
-    else:
-        envelope = envelope.model_copy(update={"payload": None})
-        _interpret(envelope, {})
-    header = json.dumps(
-        envelope.model_dump(mode="json", by_alias=True), separators=(",", ":")
-    ).encode()
+    compress = compress and bool(raw)
+    payload = zstandard.ZstdCompressor(level=level).compress(raw) if compress else raw
+    info = _payload_info(raw, payload, compress) if raw else None
+    fields = envelope.model_dump(mode="json", by_alias=True) | {
+        "payload": info and info.model_dump(mode="json")
+    }
+    header = json.dumps(fields, separators=(",", ":")).encode()
     if len(header) > limits.max_header_bytes:
         raise ValidationError(
             f"{len(header)} bytes, over the limit of {limits.max_header_bytes}", where="header"
         )
-    frame = pack_frame(header, payload, compressed=compress and bool(tensors))
+    checked = parse_header(header)  # the header re-validated: model_copy(update=...) checks nothing
+    _check_kind(checked)
+    _check_decoded_size(checked, limits)
+    _interpret(checked, read_tensors(memoryview(raw), limits) if raw else {})
+    frame = pack_frame(header, payload, compressed=compress)
     if len(frame) > limits.max_message_bytes:
         raise ValidationError(
             f"message is {len(frame)} bytes, over the limit of {limits.max_message_bytes}; "
@@ -98,6 +97,15 @@ def encode_message(
             where="message",
         )
     return frame
+
+
+def _payload_info(raw: bytes, payload: bytes, compressed: bool) -> PayloadInfo:
+    return PayloadInfo(
+        length=len(payload),
+        raw_length=len(raw),
+        sha256=hashlib.sha256(payload).hexdigest(),
+        compression="zstd" if compressed else "none",
+    )
 
 
 def encode_update(
@@ -182,7 +190,7 @@ def parse_header(raw: memoryview | bytes) -> AnyEnvelope:
             where="header.schema",
         )
     kind = obj.get("kind")
-    if kind not in set(MessageKind):
+    if not isinstance(kind, str) or kind not in set(MessageKind):
         known = ", ".join(k.value for k in MessageKind)
         raise ValidationError(
             f"unknown kind {kind!r}; expected one of {known}", where="header.kind"
@@ -195,23 +203,27 @@ def parse_header(raw: memoryview | bytes) -> AnyEnvelope:
     return envelope  # type: ignore[return-value]  # ENVELOPES maps each kind to its class
 
 
-def pydantic_error(exc: pydantic.ValidationError, root: str) -> ValidationError:
-    """The first problem pydantic found, as `root.field.path: message (got value)`."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-    message = first["msg"]
-    if first["type"] not in {"missing", "extra_forbidden"} and not isinstance(
-        first.get("input"), dict
-    ):
-        shown = repr(first.get("input"))
-        message += f" (got {shown[:80]})"
-    if len(errors) > 1:
-        message += f"; and {len(errors) - 1} more problem(s)"
-    return ValidationError(message, where=f"{root}{path}")
+def _check_decoded_size(envelope: Envelope, limits: Limits) -> None:
+    """Bound what the tensor manifest asks a receiver to allocate, before it allocates it."""
+    if not isinstance(envelope, ModelUpdate | DataBatch):
+        return
+    if len(envelope.tensors) > limits.max_tensors:
+        raise ValidationError(
+            f"{len(envelope.tensors)} tensors, over the limit of {limits.max_tensors}",
+            where="header.tensors",
+        )
+    total = sum(math.prod(spec.shape) * DTYPES[spec.dtype].itemsize for spec in envelope.tensors)
+    if total > limits.max_decoded_bytes:
+        raise ValidationError(
+            f"decoded tensors would take {total} bytes, over the limit of "
+            f"{limits.max_decoded_bytes}",
+            where="header.tensors",
+        )
 
 
 def _check_payload_frame(envelope: Envelope, compressed: bool, length: int, limits: Limits) -> None:
+    _check_kind(envelope)
+    _check_decoded_size(envelope, limits)
     info = envelope.payload
     if info is None:
         if length:
@@ -264,24 +276,33 @@ def _decompress(wire: memoryview, raw_length: int) -> memoryview:
     return memoryview(b"".join(chunks))
 
 
-def _interpret(envelope: Envelope, tensors: Tensors) -> Tensors:
-    """Kind-specific checks between header and payload; returns the tensors callers get."""
+def _check_kind(envelope: Envelope) -> None:
+    """Which kinds carry a payload, checked from the header alone (so peek_header checks it)."""
     if isinstance(envelope, ModelUpdate):
         _require_payload(envelope, "update")
         if not envelope.tensors:
             raise ValidationError("an update must list at least one tensor", where="header.tensors")
-        return decode_delta(tensors, envelope.codec, envelope.tensors) if envelope.payload else {}
-    if isinstance(envelope, DataBatch):
+    elif isinstance(envelope, DataBatch):
         _require_payload(envelope, "data batch")
-        if envelope.payload is not None:
-            _check_manifest(envelope.tensors, tensors)
-        return tensors
-    if isinstance(envelope, ReleaseManifest):
-        return _release_files(envelope, tensors)
-    if envelope.payload is not None or envelope.payload_ref is not None:
+    elif isinstance(envelope, ReleaseManifest):
+        if any(f.url is None for f in envelope.files):
+            _require_payload(envelope, "release with inline files")
+    elif envelope.payload is not None or envelope.payload_ref is not None:
         raise ValidationError(
             f"{envelope.kind.value} messages carry no payload", where="header.payload"
         )
+
+
+def _interpret(envelope: Envelope, tensors: Tensors) -> Tensors:
+    """Checks between header and payload; returns the tensors callers get."""
+    if isinstance(envelope, ModelUpdate):
+        return decode_delta(tensors, envelope.codec, envelope.tensors) if envelope.payload else {}
+    if isinstance(envelope, DataBatch):
+        if envelope.payload is not None:
+            _check_manifest(envelope.tensors, tensors)
+        return tensors
+    if isinstance(envelope, ReleaseManifest) and envelope.payload_ref is None:
+        return _release_files(envelope, tensors)
     return tensors
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bus.errors import FrameError, ValidationError
-from bus.protocol.envelopes import DType
+from bus.protocol.envelopes import MAX_ELEMENTS, DType
 from bus.protocol.limits import DEFAULT_LIMITS, Limits
 
 # safetensors dtype code -> numpy dtype (explicitly little-endian)
@@ -93,7 +93,7 @@ def parse_json(raw: bytes | memoryview, *, where: str) -> Any:
         raise ValidationError(exc.reason, where=where) from exc
     except UnicodeDecodeError as exc:
         raise FrameError(f"not UTF-8 ({exc.reason} at byte {exc.start})", where=where) from exc
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an int of 4300+ digits
         raise FrameError(f"not valid JSON ({exc})", where=where) from exc
 
 
@@ -156,6 +156,11 @@ def _entry(
         raise ValidationError(
             f"must be [begin, end] with begin <= end (got {offsets!r})",
             where=f"{where}.data_offsets",
+        )
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise ValidationError(
+            f"the non-zero dimensions multiply to more than 2**53 (got {shape!r})",
+            where=f"{where}.shape",
         )
     dtype = DTYPES[code]
     expected = math.prod(shape) * dtype.itemsize

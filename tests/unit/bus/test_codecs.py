@@ -138,3 +138,22 @@ def test_topk_sent_plus_residual_equals_accumulated(
     np.testing.assert_allclose(decoded + encoded.residual["w"], accumulated, rtol=1e-6, atol=1e-6)
     expected_k = 0 if value.size == 0 else max(1, math.ceil(ratio * value.size))
     assert len(encoded.tensors["w#idx"]) == min(value.size, expected_k)
+
+
+def test_int8_decoder_rejects_scales_that_overflow_or_are_negative() -> None:
+    encoded = encode_delta({"w": np.ones(2, dtype=np.float32)}, INT8)
+    for scale in (3e38, -0.5, np.inf, np.nan):
+        bad = {**encoded.tensors, "w#scale": np.asarray(scale, dtype=np.float32)}
+        with pytest.raises(CodecError, match="scale must be finite") as caught:
+            decode_delta(bad, INT8, encoded.manifest)
+        assert caught.value.where == "payload.tensors['w#scale']"
+    bad = {**encoded.tensors, "w": np.array([-128, 0], dtype=np.int8)}
+    with pytest.raises(CodecError, match=r"-127\.\.127"):
+        decode_delta(bad, INT8, encoded.manifest)
+
+
+def test_topk_refuses_a_residual_that_is_not_finite() -> None:
+    residual = {"w": np.array([np.inf, 0.0], dtype=np.float32)}
+    with pytest.raises(CodecError, match="residual") as caught:
+        encode_delta({"w": np.ones(2, dtype=np.float32)}, topk(0.5), residual)
+    assert caught.value.where == "residual['w']"

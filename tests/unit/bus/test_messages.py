@@ -18,6 +18,7 @@ from bus.protocol import (
     MessageKind,
     ReleaseManifest,
     Status,
+    TensorSpec,
     decode_message,
     encode_message,
     encode_update,
@@ -139,7 +140,8 @@ def test_zstd_bomb_is_refused_without_inflating() -> None:
     import zstandard
 
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (8 * 1024 * 1024))
-    envelope = update_header("fp32").model_copy(update={"tensors": ()})
+    tensors = (TensorSpec(name="w", dtype="F32", shape=(25,)),)
+    envelope = update_header("fp32").model_copy(update={"tensors": tensors})
     header = envelope.model_dump(mode="json", by_alias=True)
     header["payload"] = {
         "length": len(bomb),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +14,7 @@ from hypothesis import strategies as st
 
 from bus.errors import ProtocolError
 from bus.protocol import decode_message, peek_header
+from bus.protocol.frame import pack_frame
 from bus.protocol.tensors import read_tensors
 from tests.unit.bus.protocol_samples import samples
 
@@ -73,3 +77,87 @@ def test_every_truncation_of_a_valid_message_is_refused(data: bytes) -> None:
     for end in range(len(data) - 1, -1, -max(1, len(data) // 97)):
         with pytest.raises(ProtocolError):
             decode_message(data[:end])
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
+    length = struct.unpack_from("<I", data, 8)[0]
+    header: dict[str, Any] = json.loads(data[12 : 12 + length])
+    return header, data[12 + length :]
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON document that a value could be swapped in."""
+    found = [prefix] if prefix else []
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else []
+    )
+    for key, item in items:
+        found += _paths(item, (*prefix, key))
+    return found
+
+
+@FUZZ
+@given(data=st.data())
+def test_valid_frames_with_one_header_value_swapped(data: st.DataObject) -> None:
+    original = data.draw(st.sampled_from(VALID))
+    header, payload = _split(original)
+    path = data.draw(st.sampled_from(_paths(header)))
+    target = header
+    for key in path[:-1]:
+        target = target[key]
+    if data.draw(st.booleans()):
+        target[path[-1]] = data.draw(json_values)
+    elif isinstance(target, dict):
+        del target[path[-1]]
+    raw = json.dumps(header).encode()
+    _only_protocol_errors(pack_frame(raw, payload, compressed=original[5] == 1))
+
+
+@FUZZ
+@given(
+    header=st.fixed_dictionaries(
+        {
+            "schema": st.just(1),
+            "kind": st.sampled_from(["update", "data", "status", "round", "release", "command"]),
+        },
+        optional={
+            name: json_values
+            for name in (
+                "id",
+                "fleet",
+                "device_id",
+                "payload",
+                "payload_ref",
+                "tensors",
+                "codec",
+                "files",
+                "training",
+                "sampling",
+                "args",
+                "created_at",
+                "online",
+            )
+        },
+    ),
+    payload=st.binary(max_size=64),
+    compressed=st.booleans(),
+)
+def test_arbitrary_json_headers(header: dict[str, Any], payload: bytes, compressed: bool) -> None:
+    _only_protocol_errors(pack_frame(json.dumps(header).encode(), payload, compressed=compressed))
