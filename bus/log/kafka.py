@@ -22,29 +22,45 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bus.errors import LogError
-from bus.log.base import DeliveryReport, Headers, OnDelivery, Record, TopicPartition
+from bus.log.base import (
+    DeliveryReport,
+    Headers,
+    OnDelivery,
+    Record,
+    TopicPartition,
+    check_reset,
+)
+from bus.log.kafka_config import KafkaOptions, kafka_config, parse_kafka_url
+
+__all__ = ["KafkaConsumer", "KafkaLog", "KafkaOptions", "KafkaProducer"]
 
 
-def client_config(bootstrap: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """librdkafka settings shared by every client; `options` adds security and tuning keys."""
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": "fleetlearn"}
-    config.update({key.replace("_", "."): value for key, value in options.items()})
-    return config
+def _reason(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return f"{error.str()} ({error.name()})"
+    return str(exc)
 
 
 class KafkaLog:
-    def __init__(self, bootstrap: str, **options: Any) -> None:
-        self.bootstrap = bootstrap
-        self._options = options
-        self._admin = AdminClient(client_config(bootstrap, options))
+    """Topic administration on one cluster, and the factory of its producers and consumers."""
 
-    def create_topics(
-        self, topics: Mapping[str, int], *, replication: int = 1, timeout: float = 30.0
-    ) -> None:
+    def __init__(self, bootstrap: str, options: KafkaOptions | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.options = options or KafkaOptions()
+        self._admin = AdminClient(kafka_config(bootstrap, self.options, "admin"))
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> KafkaLog:
+        bootstrap, options = parse_kafka_url(url, overrides)
+        return cls(bootstrap, options)
+
+    def create_topics(self, topics: Mapping[str, int], *, replication: int = 1) -> None:
+        timeout = self.options.timeout_s
         futures = self._admin.create_topics(
             [
-                NewTopic(name, num_partitions=count, replication_factor=replication)
-                for name, count in topics.items()
+                NewTopic(name, num_partitions=n, replication_factor=replication)
+                for name, n in topics.items()
             ],
             operation_timeout=timeout,
         )
@@ -52,11 +68,17 @@ class KafkaLog:
             try:
                 future.result(timeout)
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise LogError(f"create topic {name!r} on {self.bootstrap}: {exc}") from exc
+                error = exc.args[0] if exc.args else None
+                if (
+                    not isinstance(error, KafkaError)
+                    or error.code() != KafkaError.TOPIC_ALREADY_EXISTS
+                ):
+                    raise LogError(
+                        f"create topic {name!r} on {self.bootstrap}: {_reason(exc)}"
+                    ) from exc
         deadline = time.monotonic() + timeout
-        for name, count in topics.items():  # metadata lags creation; wait until brokers agree
-            while self._partition_count(name) < count:
+        for name in topics:  # metadata lags creation; wait until the brokers agree
+            while self._partition_count(name) == 0:
                 if time.monotonic() > deadline:
                     raise LogError(
                         f"topic {name!r} not visible on {self.bootstrap} after {timeout} s"
@@ -65,9 +87,11 @@ class KafkaLog:
 
     def _partition_count(self, topic: str) -> int:
         try:
-            metadata = self._admin.list_topics(topic, timeout=10)
+            metadata = self._admin.list_topics(topic, timeout=self.options.timeout_s)
         except KafkaException as exc:
-            raise LogError(f"metadata for {topic!r} from {self.bootstrap}: {exc}") from exc
+            raise LogError(
+                f"metadata of topic {topic!r} from {self.bootstrap}: {_reason(exc)}"
+            ) from exc
         found = metadata.topics.get(topic)
         return 0 if found is None or found.error is not None else len(found.partitions)
 
@@ -78,41 +102,44 @@ class KafkaLog:
         return count
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        reader = Consumer(
-            client_config(self.bootstrap, {**self._options, "group.id": "fleetlearn-watermarks"})
+        config = kafka_config(
+            self.bootstrap, self.options, "consumer", group_id="fleetlearn-watermarks"
         )
+        reader = Consumer(config)
         try:
-            return {
-                p: int(reader.get_watermark_offsets(KafkaTopicPartition(topic, p), timeout=10)[1])
-                for p in range(self.partitions(topic))
-            }
-        except KafkaException as exc:
-            raise LogError(f"end offsets of {topic!r} on {self.bootstrap}: {exc}") from exc
+            ends: dict[int, int] = {}
+            for p in range(self.partitions(topic)):
+                try:
+                    _, high = reader.get_watermark_offsets(
+                        KafkaTopicPartition(topic, p), timeout=self.options.timeout_s
+                    )
+                except KafkaException as exc:
+                    raise LogError(
+                        f"end offset of {topic}[{p}] on {self.bootstrap}: {_reason(exc)}"
+                    ) from exc
+                ends[p] = int(high)
+            return ends
         finally:
             reader.close()
 
     def producer(self) -> KafkaProducer:
-        return KafkaProducer(self.bootstrap, self._options)
+        return KafkaProducer(self.bootstrap, self.options)
 
     def consumer(self, group_id: str, *, auto_offset_reset: str = "earliest") -> KafkaConsumer:
-        return KafkaConsumer(self.bootstrap, self._options, group_id, auto_offset_reset)
+        return KafkaConsumer(
+            self.bootstrap, self.options, group_id, check_reset(group_id, auto_offset_reset)
+        )
 
     def close(self) -> None:
         """The admin client holds no connection that needs closing."""
 
 
 class KafkaProducer:
-    def __init__(self, bootstrap: str, options: Mapping[str, Any]) -> None:
-        config = client_config(bootstrap, options)
-        config.update(
-            {
-                "enable.idempotence": True,
-                "acks": "all",
-                "partitioner": "murmur2_random",  # key -> partition as in the embedded log
-                "linger.ms": 5,
-            }
-        )
-        self._producer = Producer(config)
+    """An idempotent producer; callbacks are served by `poll` and `flush` like the embedded log."""
+
+    def __init__(self, bootstrap: str, options: KafkaOptions) -> None:
+        self._timeout = options.timeout_s
+        self._producer = Producer(kafka_config(bootstrap, options, "producer"))
         self._closed = False
 
     def produce(
@@ -134,15 +161,20 @@ class KafkaProducer:
         }
         if partition is not None:
             kwargs["partition"] = partition
-        for _ in range(100):  # the local queue is full: serve callbacks to drain it, bounded
+        where = topic if partition is None else f"{topic}[{partition}]"
+        deadline = time.monotonic() + self._timeout
+        while True:
             try:
                 self._producer.produce(topic, value, **kwargs)
                 return
-            except BufferError:
-                self._producer.poll(0.1)
+            except BufferError as exc:  # the local queue is full: serve callbacks to drain it
+                if time.monotonic() > deadline:
+                    raise LogError(
+                        f"produce to {where}: the local queue stayed full for {self._timeout} s"
+                    ) from exc
+                self._producer.poll(0.05)
             except KafkaException as exc:
-                raise LogError(f"produce to {topic!r}: {exc.args[0].str()}") from exc
-        raise LogError(f"produce to {topic!r}: the local queue stayed full for 10 s")
+                raise LogError(f"produce to {where}: {_reason(exc)}") from exc
 
     def poll(self, timeout: float = 0.0) -> int:
         if self._closed:
@@ -155,9 +187,15 @@ class KafkaProducer:
         return int(self._producer.flush(timeout))
 
     def close(self) -> None:
-        if not self._closed:
-            self._producer.flush(30)
-            self._closed = True
+        """Deliver what is queued; records that cannot be delivered in time are an error."""
+        if self._closed:
+            return
+        self._closed = True
+        pending = int(self._producer.flush(self._timeout))
+        if pending:
+            raise LogError(
+                f"producer closed with {pending} record(s) undelivered after {self._timeout} s"
+            )
 
 
 def _reporter(on_delivery: OnDelivery | None) -> Any:
@@ -165,52 +203,53 @@ def _reporter(on_delivery: OnDelivery | None) -> Any:
         return None
 
     def report(error: KafkaError | None, message: Any) -> None:
+        topic, partition = message.topic(), message.partition()
         if error is not None:
             failure = LogError(
-                f"delivery to {message.topic()}[{message.partition()}] failed: {error.str()}"
+                f"delivery to {topic}[{partition}] failed: {error.str()} ({error.name()})"
             )
-            on_delivery(DeliveryReport(message.topic(), message.partition(), None, failure))
+            on_delivery(DeliveryReport(topic, partition, None, failure))
         else:
-            on_delivery(DeliveryReport(message.topic(), message.partition(), message.offset()))
+            on_delivery(DeliveryReport(topic, partition, message.offset()))
 
     return report
 
 
 class KafkaConsumer:
-    def __init__(
-        self, bootstrap: str, options: Mapping[str, Any], group_id: str, reset: str
-    ) -> None:
-        config = client_config(bootstrap, options)
-        config.update(
-            {
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": reset,
-                "session.timeout.ms": 10000,
-                "heartbeat.interval.ms": 1000,
-                "isolation.level": "read_committed",
-            }
-        )
+    """A group member (`subscribe`) or owner of named partitions (`assign`); explicit commits."""
+
+    def __init__(self, bootstrap: str, options: KafkaOptions, group_id: str, reset: str) -> None:
         self.group_id = group_id
+        self._timeout = options.timeout_s
+        config = kafka_config(
+            bootstrap, options, "consumer", group_id=group_id, auto_offset_reset=reset
+        )
         self._consumer = Consumer(config)
-        self._assigned: list[KafkaTopicPartition] | None = None
         self._closed = False
 
     def _check_open(self) -> None:
         if self._closed:
             raise LogError(f"consumer of group {self.group_id!r} is closed")
 
+    def _error(self, what: str, exc: KafkaException) -> LogError:
+        return LogError(f"{what} (group {self.group_id!r}): {_reason(exc)}")
+
     def subscribe(self, topics: Sequence[str]) -> None:
         self._check_open()
-        self._consumer.subscribe(list(topics))
+        try:
+            self._consumer.subscribe(list(topics))
+        except KafkaException as exc:
+            raise self._error(f"subscribe to {list(topics)}", exc) from exc
 
     def assign(self, partitions: Sequence[tuple[str, int, int | None]]) -> None:
         self._check_open()
-        self._assigned = [
+        targets = [
             KafkaTopicPartition(t, p, OFFSET_STORED if o is None else o) for t, p, o in partitions
         ]
-        self._consumer.assign(self._assigned)
+        try:
+            self._consumer.assign(targets)
+        except KafkaException as exc:
+            raise self._error(f"assign {[(t, p) for t, p, _ in partitions]}", exc) from exc
 
     def assignment(self) -> list[TopicPartition]:
         self._check_open()
@@ -225,7 +264,10 @@ class KafkaConsumer:
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
                 return None
-            raise LogError(f"consume from {message.topic()}[{message.partition()}]: {error.str()}")
+            where = f"{message.topic()}[{message.partition()}]"
+            raise LogError(
+                f"consume from {where} (group {self.group_id!r}): {error.str()} ({error.name()})"
+            )
         headers = tuple((name, bytes(value or b"")) for name, value in message.headers() or [])
         return Record(
             message.topic(),
@@ -241,24 +283,35 @@ class KafkaConsumer:
         self._check_open()
         if not offsets:
             return
+        targets = [KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
         try:
-            self._consumer.commit(
-                offsets=[
-                    KafkaTopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()
-                ],
-                asynchronous=False,
-            )
+            results = self._consumer.commit(offsets=targets, asynchronous=False) or []
         except KafkaException as exc:
-            raise LogError(f"commit for group {self.group_id!r}: {exc.args[0].str()}") from exc
+            raise self._error(f"commit {dict(offsets)}", exc) from exc
+        for result in results:
+            if result.error is not None:
+                where = f"{result.topic}[{result.partition}]"
+                raise LogError(f"commit {where} (group {self.group_id!r}): {result.error.str()}")
 
     def committed(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         self._check_open()
+        asked = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
         try:
-            found = self._consumer.committed(
-                [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10
-            )
+            found = self._consumer.committed(asked, timeout=self._timeout)
         except KafkaException as exc:
-            raise LogError(f"committed offsets for group {self.group_id!r}: {exc}") from exc
+            raise self._error("committed offsets", exc) from exc
+        return {
+            TopicPartition(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None)
+            for tp in found
+        }
+
+    def position(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        self._check_open()
+        asked = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
+        try:
+            found = self._consumer.position(asked)
+        except KafkaException as exc:
+            raise self._error("positions", exc) from exc
         return {
             TopicPartition(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None)
             for tp in found
@@ -266,20 +319,16 @@ class KafkaConsumer:
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._check_open()
-        target = KafkaTopicPartition(tp.topic, tp.partition, offset)
         try:
-            self._consumer.seek(target)
+            self._consumer.seek(KafkaTopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:
-            # Right after assign() the partition is not fetching yet; re-assigning sets the start.
-            if self._assigned is None:
-                raise LogError(f"seek {tp.topic}[{tp.partition}] to {offset}: {exc}") from exc
-            self._assigned = [
-                target if (p.topic, p.partition) == (tp.topic, tp.partition) else p
-                for p in self._assigned
-            ]
-            self._consumer.assign(self._assigned)
+            raise self._error(f"seek {tp.topic}[{tp.partition}] to {offset}", exc) from exc
 
     def close(self) -> None:
+        """Leave the group at once, so its partitions move to the other members now."""
         if not self._closed:
             self._closed = True
-            self._consumer.close()
+            try:
+                self._consumer.close()
+            except KafkaException as exc:
+                raise self._error("close", exc) from exc

@@ -1,4 +1,4 @@
-"""Kafka's default partitioner (murmur2 of the key), so every log backend puts a key in one place.
+"""Who owns what: Kafka's default partitioner (murmur2 of the key), and group partition dealing.
 
 The embedded log and Kafka (librdkafka with `partitioner=murmur2_random`) agree on the
 partition of every key, so code that relies on "one device, one partition, in order" behaves
@@ -6,6 +6,11 @@ the same on one machine and in the cloud.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
@@ -42,3 +47,16 @@ def partition_for(key: bytes, partitions: int) -> int:
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, got {partitions}")
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def deal(items: Sequence[T], members: Sequence[str], member: str) -> list[T]:
+    """The share of `items` that `member` owns when dealt round-robin over the sorted `members`.
+
+    Every member computes this from the same member list, so a group agrees on who owns what
+    without a coordinator; a member missing from the list owns nothing until it joins.
+    """
+    ordered = sorted(set(members))
+    if member not in ordered:
+        return []
+    index, size = ordered.index(member), len(ordered)
+    return [item for position, item in enumerate(items) if position % size == index]

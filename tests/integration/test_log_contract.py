@@ -11,19 +11,25 @@ from typing import Any
 import pytest
 
 from bus.errors import LogError
-from bus.log import DeliveryReport, Log, Record, TopicPartition, consume, open_log
+from bus.log import Consumer, DeliveryReport, Log, Record, TopicPartition, consume, open_log
 from bus.log.partition import partition_for
 
 pytestmark = pytest.mark.integration
 
+WAIT_S = 30.0
+
 
 @pytest.fixture(params=["sqlite", "kafka"])
-def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Log]:
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        opened = open_log(f"sqlite://{tmp_path}/log.db")
-    else:
-        kafka: Any = request.getfixturevalue("kafka")
-        opened = open_log(kafka.url)
+        return f"sqlite://{tmp_path}/log.db"
+    kafka: Any = request.getfixturevalue("kafka")
+    return str(kafka.url)
+
+
+@pytest.fixture
+def log(log_url: str) -> Iterator[Log]:
+    opened = open_log(log_url)
     yield opened
     opened.close()
 
@@ -48,19 +54,33 @@ def produce_all(
     for index, (key, value) in enumerate(items):
         headers = [("id", value), ("id", b"dup")]
         producer.produce(topic, value, key=key, headers=headers, on_delivery=keep(index))
-    assert producer.flush(30) == 0
+    assert producer.flush(WAIT_S) == 0
     producer.close()
     assert sorted(reports) == list(range(len(items)))
     assert all(r.error is None for r in reports.values()), [r.error for r in reports.values()]
     return [reports[i] for i in range(len(items))]
 
 
-def read_all(log: Log, topic: str, group: str, count: int, timeout: float = 30) -> list[Record]:
+def read_all(log: Log, topic: str, group: str, count: int) -> list[Record]:
     consumer = log.consumer(group)
     consumer.subscribe([topic])
-    records = consume(consumer, count, timeout)
+    records = consume(consumer, count, WAIT_S)
     consumer.close()
     return records
+
+
+def poll_until(
+    consumers: Sequence[Consumer], done: Callable[[], bool], seen: list[Record] | None = None
+) -> None:
+    """Poll every consumer in turn (group protocols progress only in poll) until `done`."""
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        for consumer in consumers:
+            record = consumer.poll(0.1)
+            if record is not None:
+                assert seen is not None, f"unexpected record {record}"
+                seen.append(record)
 
 
 def test_round_trip_keys_headers_and_order(log: Log, topic: str) -> None:
@@ -71,11 +91,19 @@ def test_round_trip_keys_headers_and_order(log: Log, topic: str) -> None:
     by_key: dict[bytes | None, list[bytes]] = {}
     for record in records:
         by_key.setdefault(record.key, []).append(record.value)
-        assert record.headers == (("id", record.value), ("id", b"dup"))
-        assert record.partition == partition_for(record.key or b"", 3)
+        assert record.headers == (("id", record.value), ("id", b"dup"))  # order and duplicates
+        assert record.timestamp_ms > 0
     for key, values in by_key.items():
         assert values == [v for k, v in items if k == key]  # one key: one partition, in order
     assert {(r.partition, r.offset) for r in reports} == {(r.partition, r.offset) for r in records}
+
+
+def test_delivery_reports_carry_dense_offsets(log: Log, topic: str) -> None:
+    reports = produce_all(log, topic, [(f"k{i}".encode(), b"x") for i in range(30)])
+    assert {r.topic for r in reports} == {topic}
+    for partition in range(3):
+        offsets = sorted(r.offset or 0 for r in reports if r.partition == partition)
+        assert offsets == list(range(len(offsets)))
 
 
 def test_key_to_partition_matches_kafka_default_partitioner(log: Log, topic: str) -> None:
@@ -83,22 +111,51 @@ def test_key_to_partition_matches_kafka_default_partitioner(log: Log, topic: str
     reports = produce_all(log, topic, [(k, k) for k in keys])
     for key, report in zip(keys, reports, strict=True):
         assert report.partition == partition_for(key, 3), key
+    again = produce_all(log, topic, [(k, k) for k in keys])
+    assert [r.partition for r in again] == [r.partition for r in reports]
 
 
 def test_commit_then_a_new_member_resumes_after_it(log: Log, topic: str) -> None:
     produce_all(log, topic, [(b"k", f"{i}".encode()) for i in range(10)])
     first = log.consumer("resume")
     first.subscribe([topic])
-    records = consume(first, 4, 30)
+    records = consume(first, 4, WAIT_S)
     assert [r.value for r in records] == [b"0", b"1", b"2", b"3"]
     last = records[-1]
     first.commit({last.tp: last.offset + 1})
     first.close()
-    rest = read_all(log, topic, "resume", 6)
+    second = log.consumer("resume")
+    second.subscribe([topic])
+    rest = consume(second, 6, WAIT_S)
     assert [r.value for r in rest] == [f"{i}".encode() for i in range(4, 10)]
-    checker = log.consumer("resume")
-    assert checker.committed([last.tp]) == {last.tp: 4}
-    checker.close()
+    assert second.poll(1.0) is None  # nothing twice
+    assert second.committed([last.tp]) == {last.tp: 4}
+    second.close()
+
+
+def test_latest_reset_skips_what_was_there(log: Log, topic: str) -> None:
+    produce_all(log, topic, [(b"k", b"old")] * 3)
+    tp = TopicPartition(topic, partition_for(b"k", 3))
+    consumer = log.consumer(f"late-{uuid.uuid4().hex[:8]}", auto_offset_reset="latest")
+    consumer.assign([(topic, tp.partition, None)])
+    assert consumer.poll(1.0) is None
+    produce_all(log, topic, [(b"k", b"new")] * 2)
+    assert [(r.offset, r.value) for r in consume(consumer, 2, WAIT_S)] == [(3, b"new"), (4, b"new")]
+    consumer.close()
+
+
+def test_assign_without_offset_starts_at_the_committed_one(log: Log, topic: str) -> None:
+    produce_all(log, topic, [(b"k", f"{i}".encode()) for i in range(6)])
+    tp = TopicPartition(topic, partition_for(b"k", 3))
+    committer = log.consumer("ranks")
+    committer.assign([(topic, tp.partition, 0)])
+    committer.commit({tp: 3})
+    committer.close()
+    rank = log.consumer("ranks")
+    rank.assign([(topic, tp.partition, None)])
+    assert [r.offset for r in consume(rank, 3, WAIT_S)] == [3, 4, 5]
+    assert rank.position([tp]) == {tp: 6}
+    rank.close()
 
 
 def test_seek_replays_from_an_offset(log: Log, topic: str) -> None:
@@ -106,9 +163,10 @@ def test_seek_replays_from_an_offset(log: Log, topic: str) -> None:
     tp = TopicPartition(topic, partition_for(b"k", 3))
     consumer = log.consumer("replay")
     consumer.assign([(topic, tp.partition, 0)])
-    assert [r.value for r in consume(consumer, 5, 30)] == [b"0", b"1", b"2", b"3", b"4"]
+    assert [r.value for r in consume(consumer, 5, WAIT_S)] == [b"0", b"1", b"2", b"3", b"4"]
+    assert consumer.position([tp]) == {tp: 5}
     consumer.seek(tp, 2)
-    assert [r.value for r in consume(consumer, 3, 30)] == [b"2", b"3", b"4"]
+    assert [r.value for r in consume(consumer, 3, WAIT_S)] == [b"2", b"3", b"4"]
     consumer.close()
 
 
@@ -118,39 +176,53 @@ def test_assign_reads_only_the_given_partition(log: Log, topic: str) -> None:
     consumer = log.consumer("rank-0")
     consumer.assign([(topic, 1, None)])
     expected = [k for k in keys if partition_for(k, 3) == 1]
-    records = consume(consumer, len(expected), 30)
+    records = consume(consumer, len(expected), WAIT_S)
     assert [r.value for r in records] == expected
     assert consumer.poll(0.5) is None
     assert consumer.assignment() == [TopicPartition(topic, 1)]
     consumer.close()
 
 
-def test_two_members_split_the_partitions(log: Log, topic: str) -> None:
-    produce_all(log, topic, [(f"k{i}".encode(), f"{i}".encode()) for i in range(60)])
+def _split(first: Consumer, second: Consumer, topic: str) -> bool:
+    mine, theirs = set(first.assignment()), set(second.assignment())
+    every = {TopicPartition(topic, p) for p in range(3)}
+    return bool(mine) and bool(theirs) and not mine & theirs and mine | theirs == every
+
+
+def test_two_members_split_the_partitions_and_see_each_record_once(log: Log, topic: str) -> None:
     first, second = log.consumer("split"), log.consumer("split")
     first.subscribe([topic])
     second.subscribe([topic])
+    poll_until([first, second], lambda: _split(first, second, topic))
+    owned = {id(first): set(first.assignment()), id(second): set(second.assignment())}
+    produce_all(log, topic, [(f"k{i}".encode(), f"{i}".encode()) for i in range(60)])
     seen: list[Record] = []
-    deadline = time.monotonic() + 40
-    owned: tuple[list[TopicPartition], list[TopicPartition]] = ([], [])
-    while time.monotonic() < deadline:
-        for consumer in (first, second):
-            record = consumer.poll(0.2)
-            if record is not None:
-                seen.append(record)
-        owned = (first.assignment(), second.assignment())
-        if len({r.value for r in seen}) == 60 and owned[0] and owned[1]:
-            break
-    assert {r.value for r in seen} == {f"{i}".encode() for i in range(60)}  # nothing lost
-    assert owned[0], owned
-    assert owned[1], owned
-    assert not set(owned[0]) & set(owned[1])
-    assert set(owned[0]) | set(owned[1]) == {TopicPartition(topic, p) for p in range(3)}
+    poll_until([first, second], lambda: len(seen) >= 60, seen)
+    for consumer in (first, second):  # a little longer: a duplicate would show up now
+        seen.extend(consume(consumer, 1, 0.5))
+    assert sorted(r.value for r in seen) == sorted(f"{i}".encode() for i in range(60))
+    assert _split(first, second, topic)
+    assert owned == {id(first): set(first.assignment()), id(second): set(second.assignment())}
     first.close()
     second.close()
 
 
+def test_a_member_that_leaves_hands_its_partitions_over(log: Log, topic: str) -> None:
+    first, second = log.consumer("handover"), log.consumer("handover")
+    first.subscribe([topic])
+    second.subscribe([topic])
+    poll_until([first, second], lambda: _split(first, second, topic))
+    second.close()
+    every = [TopicPartition(topic, p) for p in range(3)]
+    poll_until([first], lambda: first.assignment() == every)
+    produce_all(log, topic, [(f"k{i}".encode(), f"{i}".encode()) for i in range(30)])
+    records = consume(first, 30, WAIT_S)
+    assert sorted(r.value for r in records) == sorted(f"{i}".encode() for i in range(30))
+    first.close()
+
+
 def test_end_offsets(log: Log, topic: str) -> None:
+    assert log.end_offsets(topic) == {0: 0, 1: 0, 2: 0}
     produce_all(log, topic, [(b"k", b"x")] * 3)
     ends = log.end_offsets(topic)
     assert sorted(ends) == [0, 1, 2]
@@ -159,19 +231,67 @@ def test_end_offsets(log: Log, topic: str) -> None:
     assert log.partitions(topic) == 3
 
 
+def test_create_topics_is_idempotent(log: Log, topic: str) -> None:
+    log.create_topics({topic: 3})
+    assert log.partitions(topic) == 3
+    with pytest.raises(LogError, match="unknown topic"):
+        log.partitions(f"missing-{uuid.uuid4().hex[:8]}")
+
+
 def test_oversize_record_is_an_error(log: Log, topic: str) -> None:
     producer = log.producer()
-    with pytest.raises(LogError, match=r"(?i)large|limit"):
+    with pytest.raises(LogError, match=r"(?i)too large"):
         producer.produce(topic, b"x" * 2_000_000, key=b"k")
     producer.close()
+
+
+def test_message_max_bytes_option_is_respected(log_url: str) -> None:
+    log = open_log(log_url, message_max_bytes=50_000)
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    log.create_topics({name: 1})
+    producer = log.producer()
+    reports: list[DeliveryReport] = []
+    producer.produce(name, b"x" * 40_000, on_delivery=reports.append)
+    with pytest.raises(LogError, match=r"(?i)too large"):
+        producer.produce(name, b"x" * 60_000, on_delivery=reports.append)
+    assert producer.flush(WAIT_S) == 0
+    assert [(r.offset, r.error) for r in reports] == [(0, None)]
+    producer.close()
+    log.close()
 
 
 def test_closed_clients_refuse_work(log: Log, topic: str) -> None:
     producer = log.producer()
     producer.close()
-    with pytest.raises(LogError, match="closed"):
-        producer.produce(topic, b"x")
+    for use in (lambda: producer.produce(topic, b"x"), lambda: producer.poll(0), producer.flush):
+        with pytest.raises(LogError, match="closed"):
+            use()
     consumer = log.consumer("closed")
+    consumer.subscribe([topic])
     consumer.close()
-    with pytest.raises(LogError, match="closed"):
-        consumer.poll(0.1)
+    tp = TopicPartition(topic, 0)
+    actions: list[Callable[[], object]] = [
+        lambda: consumer.poll(0.1),
+        lambda: consumer.commit({tp: 1}),
+        lambda: consumer.seek(tp, 0),
+        lambda: consumer.subscribe([topic]),
+    ]
+    for action in actions:
+        with pytest.raises(LogError, match="closed"):
+            action()
+
+
+def test_seek_right_after_assign_moves_only_that_partition(log: Log, topic: str) -> None:
+    keys = [f"d{i}".encode() for i in range(30)]
+    produce_all(log, topic, [(k, k) for k in keys])
+    ends = log.end_offsets(topic)
+    consumer = log.consumer("seek-early")
+    consumer.assign([(topic, 0, 0), (topic, 1, 0)])
+    consumer.seek(TopicPartition(topic, 0), 2)
+    records = consume(consumer, ends[0] - 2 + ends[1], WAIT_S)
+    assert sorted((r.partition, r.offset) for r in records) == [
+        *((0, o) for o in range(2, ends[0])),
+        *((1, o) for o in range(ends[1])),
+    ]
+    assert consumer.poll(0.5) is None
+    consumer.close()

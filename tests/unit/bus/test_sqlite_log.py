@@ -7,89 +7,191 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from bus.log import TopicPartition, consume, open_log
+import pytest
+
+from bus.errors import ConfigError, LogError
+from bus.log import DeliveryReport, Record, TopicPartition, consume, open_log
 from bus.log.sqlite import SqliteLog
 
+# Produces `count` records "<tag>-<i>" and prints "partition offset value" once each is durable.
 PRODUCER = """
 import sys
 from bus.log import open_log
-log = open_log(sys.argv[1])
-producer = log.producer()
-def report(r):
-    print(r.partition, r.offset, flush=True)
-i = 0
-while i < 100000:
-    producer.produce("events", str(i).encode(), key=str(i % 5).encode(), on_delivery=report)
+url, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+producer = open_log(url).producer()
+def remember(value):
+    def report(r):
+        assert r.error is None, r.error
+        print(r.partition, r.offset, value, flush=True)
+    return report
+for i in range(count):
+    value = f"{tag}-{i}"
+    producer.produce("events", value.encode(), key=str(i % 5).encode(), on_delivery=remember(value))
     if i % 10 == 0:
         producer.poll(0)
-    i += 1
 producer.flush()
+producer.close()
 """
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _spawn(url: str) -> subprocess.Popen[str]:
+def _spawn(url: str, tag: str, count: int, *, acks: bool = True) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, url],
-        stdout=subprocess.PIPE,
+        [sys.executable, "-c", PRODUCER, url, tag, str(count)],
+        stdout=subprocess.PIPE if acks else subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
-def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
-    url = f"sqlite://{tmp_path}/log.db"
-    open_log(url).create_topics({"events": 3})
-    process = _spawn(url)
-    acked: list[tuple[int, int]] = []
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    while len(acked) < 300 and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line:
-            partition_text, offset_text = line.split()
-            acked.append((int(partition_text), int(offset_text)))
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
-    assert len(acked) >= 300
-    log = open_log(url)
-    assert isinstance(log, SqliteLog)
-    assert log.integrity_check() == "ok"
-    ends = log.end_offsets("events")
-    for partition, offset in acked:
-        assert offset < ends[partition]
+def _read_everything(log: SqliteLog, partitions: int) -> list[Record]:
     consumer = log.consumer("check")
-    consumer.assign([("events", p, 0) for p in range(3)])
-    records = consume(consumer, sum(ends.values()), 30)
-    assert len(records) == sum(ends.values())
-    for partition in range(3):  # offsets are dense: 0, 1, 2, ... with no holes
-        offsets = [r.offset for r in records if r.partition == partition]
-        assert offsets == list(range(ends[partition]))
-    consumer.close()
-
-
-def test_two_processes_share_one_file(tmp_path: Path) -> None:
-    url = f"sqlite://{tmp_path}/shared.db"
-    open_log(url).create_topics({"events": 3})
-    processes = [_spawn(url) for _ in range(2)]
-    time.sleep(1.5)
-    for process in processes:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-    log = open_log(url)
-    assert log.integrity_check() == "ok"  # type: ignore[attr-defined]
-    consumer = log.consumer("check")
-    consumer.assign([("events", p, 0) for p in range(3)])
+    consumer.assign([("events", p, 0) for p in range(partitions)])
     total = sum(log.end_offsets("events").values())
     records = consume(consumer, total, 30)
-    values = [r.value for r in records]
-    assert len(values) == total
-    assert values.count(b"0") == 2  # both writers got their first record in
-    committed_tp = TopicPartition("events", 0)
-    consumer.commit({committed_tp: 1})
-    assert consumer.committed([committed_tp]) == {committed_tp: 1}
+    assert consumer.poll(0.2) is None
     consumer.close()
+    return records
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[SqliteLog]:
+    opened = open_log(f"sqlite://{tmp_path}/log.db")
+    assert isinstance(opened, SqliteLog)
+    opened.create_topics({"events": 3})
+    yield opened
+    opened.close()
+
+
+def test_acknowledged_records_survive_kill_9(log: SqliteLog) -> None:
+    process = _spawn(f"sqlite://{log.path}", "a", 1_000_000)
+    acked: list[tuple[int, int, str]] = []
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    while len(acked) < 2000 and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line:
+            partition_text, offset_text, value = line.split()
+            acked.append((int(partition_text), int(offset_text), value))
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert len(acked) >= 2000
+    reopened = SqliteLog(log.path)
+    assert reopened.integrity_check() == "ok"
+    records = _read_everything(reopened, 3)
+    stored = {(r.partition, r.offset): r.value.decode() for r in records}
+    for partition, offset, value in acked:  # every acknowledged record is there, unchanged
+        assert stored[(partition, offset)] == value
+    for partition in range(3):  # offsets are dense: 0, 1, 2, ... with no holes
+        offsets = [r.offset for r in records if r.partition == partition]
+        assert offsets == list(range(reopened.end_offsets("events")[partition]))
+    reopened.close()
+
+
+def test_two_producer_processes_and_a_consumer_share_one_file(log: SqliteLog) -> None:
+    count = 20_000
+    processes = [_spawn(f"sqlite://{log.path}", tag, count, acks=False) for tag in ("a", "b")]
+    consumer = log.consumer("live")
+    consumer.subscribe(["events"])
+    seen: list[Record] = []
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 * count and time.monotonic() < deadline:  # reads while they write
+        record = consumer.poll(0.5)
+        if record is not None:
+            seen.append(record)
+    consumer.close()
+    for process in processes:
+        assert process.wait(timeout=30) == 0
+    values = [r.value.decode() for r in seen]
+    assert sorted(values) == sorted(f"{tag}-{i}" for tag in "ab" for i in range(count))
+    for tag in "ab":  # each producer's records keep their order within a partition
+        for partition in range(3):
+            mine = [
+                int(r.value[2:])
+                for r in seen
+                if r.partition == partition and r.value[:1] == tag.encode()
+            ]
+            assert mine == sorted(mine)
+    for partition in range(3):
+        offsets = [r.offset for r in seen if r.partition == partition]
+        assert offsets == list(range(len(offsets)))
+    tags = "".join(chr(r.value[0]) for r in seen)
+    assert "ab" in tags  # the writers really did interleave
+    assert "ba" in tags
+    assert log.integrity_check() == "ok"
+
+
+def test_a_silent_member_loses_its_partitions_after_the_session_timeout(tmp_path: Path) -> None:
+    log = open_log(f"sqlite://{tmp_path}/log.db", session_timeout_s=1.0)
+    log.create_topics({"events": 4})
+    silent, live = log.consumer("g"), log.consumer("g")
+    silent.subscribe(["events"])  # then never polls again, as if its process hung
+    live.subscribe(["events"])
+    assert len(live.assignment()) == 2
+    deadline = time.monotonic() + 10
+    while len(live.assignment()) < 4 and time.monotonic() < deadline:
+        live.poll(0.2)
+    assert live.assignment() == [TopicPartition("events", p) for p in range(4)]
+    live.close()
+    silent.close()
+    log.close()
+
+
+def test_a_full_buffer_is_written_without_poll_and_reported_on_poll(tmp_path: Path) -> None:
+    log = open_log(f"sqlite://{tmp_path}/log.db", max_pending=10)
+    log.create_topics({"events": 1})
+    producer = log.producer()
+    reports: list[DeliveryReport] = []
+    for i in range(25):
+        producer.produce("events", f"{i}".encode(), on_delivery=reports.append)
+    assert log.end_offsets("events") == {0: 20}  # two full batches went to disk
+    assert reports == []  # callbacks run only in poll/flush, on the caller's thread
+    assert producer.flush() == 0
+    assert [r.offset for r in reports] == list(range(25))
+    producer.close()
+    log.close()
+
+
+def test_a_missing_partition_is_reported_not_raised(log: SqliteLog) -> None:
+    producer = log.producer()
+    reports: list[DeliveryReport] = []
+    producer.produce("events", b"x", partition=7, on_delivery=reports.append)
+    producer.produce("events", b"y", partition=2, on_delivery=reports.append)
+    producer.flush()
+    assert "no partition 7" in str(reports[0].error)
+    assert (reports[1].partition, reports[1].offset, reports[1].error) == (2, 0, None)
+    producer.close()
+
+
+def test_an_idle_poll_sleeps_instead_of_spinning(log: SqliteLog) -> None:
+    consumer = log.consumer("idle")
+    consumer.assign([("events", 0, 0)])
+    cpu, wall = time.process_time(), time.monotonic()
+    assert consumer.poll(1.0) is None
+    assert time.monotonic() - wall >= 0.95
+    assert time.process_time() - cpu < 0.25
+    consumer.close()
+
+
+def test_options_come_from_the_url(tmp_path: Path) -> None:
+    log = open_log(f"sqlite://{tmp_path}/log.db?synchronous=normal&session_timeout_s=2.5")
+    assert isinstance(log, SqliteLog)
+    assert (log.options.synchronous, log.options.session_timeout_s) == ("normal", 2.5)
+    log.close()
+    with pytest.raises(ConfigError, match="unknown option"):
+        open_log(f"sqlite://{tmp_path}/log.db?synchronus=FULL")
+    with pytest.raises(ConfigError, match="synchronous"):
+        open_log(f"sqlite://{tmp_path}/log.db", synchronous="OFF")
+    with pytest.raises(ConfigError, match="auto_offset_reset"):
+        SqliteLog(tmp_path / "log.db").consumer("g", auto_offset_reset="smallest")
+
+
+def test_a_closed_log_refuses_work(log: SqliteLog) -> None:
+    log.close()
+    with pytest.raises(LogError, match="closed"):
+        log.end_offsets("events")
