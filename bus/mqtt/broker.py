@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,8 +50,11 @@ class EmbeddedBroker:
         *,
         prefer: Prefer = "auto",
         data_dir: Path | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> None:
+        """`users` (name -> password) turns anonymous access off: only they may connect."""
         self.host = host
+        self.users = dict(users or {})
         self.port = port or _free_port(host)
         # Debian installs it in sbin, which is not always on a user's PATH.
         mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
@@ -103,7 +107,7 @@ class EmbeddedBroker:
                 [
                     f"user {getpass.getuser()}",  # as root, stay root: our files, our dirs
                     f"listener {self.port} {self.host}",
-                    "allow_anonymous true",
+                    *self._mosquitto_auth(directory),
                     "persistence true",
                     f"persistence_location {directory}/",
                     "autosave_interval 1",  # a killed broker loses at most a second of queue
@@ -123,6 +127,40 @@ class EmbeddedBroker:
         process = self._process
         _wait_listening(self.host, self.port, timeout, alive=lambda: process.poll() is None)
 
+    def _mosquitto_auth(self, directory: Path) -> list[str]:
+        if not self.users:
+            return ["allow_anonymous true"]
+        passwords = directory / "passwd"
+        passwords.write_text("")
+        passwords.chmod(0o600)
+        tool = shutil.which("mosquitto_passwd") or shutil.which(
+            "mosquitto_passwd", path="/usr/bin:/usr/sbin"
+        )
+        if tool is None:
+            raise ConfigError("users= needs mosquitto_passwd, which Mosquitto installs beside it")
+        for name, password in self.users.items():
+            done = subprocess.run(
+                [tool, "-b", str(passwords), name, password], capture_output=True, check=False
+            )
+            if done.returncode != 0:
+                raise ConfigError(
+                    f"mosquitto_passwd refused user {name!r}: {done.stderr.decode().strip()}"
+                )
+        return ["allow_anonymous false", f"password_file {passwords}"]
+
+    def _amqtt_auth(self) -> dict[str, Any]:
+        if not self.users:
+            return {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+        from pwdlib import PasswordHash
+        from pwdlib.hashers.argon2 import Argon2Hasher
+
+        hasher = PasswordHash((Argon2Hasher(),))
+        passwords = self._directory() / "passwd"
+        passwords.write_text(
+            "".join(f"{name}:{hasher.hash(pw)}\n" for name, pw in self.users.items())
+        )
+        return {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwords)}}
+
     def _start_amqtt(self, timeout: float) -> None:
         try:
             from amqtt.broker import Broker
@@ -133,9 +171,7 @@ class EmbeddedBroker:
             ) from exc
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
+            "plugins": self._amqtt_auth(),
         }
         ready = threading.Event()
         failure: list[Exception] = []

@@ -13,7 +13,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -22,35 +21,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bus import errors
-from bus.errors import ConnectError, PublishError
-from bus.mqtt.options import MqttOptions
+from bus.errors import ConfigError, ConnectError, PublishError
+from bus.mqtt.message import MqttMessage, UserProperties, Will, check_topic_filter
+from bus.mqtt.options import MqttOptions, tls_context
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Will:
-    """Published by the broker if this client vanishes without saying goodbye."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-@dataclass(frozen=True)
-class MqttMessage:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    mid: int
-    _ack: Callable[[], None] | None = field(default=None, repr=False, compare=False)
-
-    def ack(self) -> None:
-        """Acknowledge (manual-ack clients only). Ack in arrival order: brokers expect it."""
-        if self._ack is not None:
-            self._ack()
 
 
 Handler = Callable[[MqttMessage], None]
@@ -91,6 +66,12 @@ class PublishHandle:
 
 
 class MqttClient:
+    """One broker connection with a stable client id and a persistent session.
+
+    Built unconnected; `connect()` (or `connect_mqtt`) opens it. paho's types, threads and
+    exceptions stay inside: callers see `MqttMessage`, `PublishHandle` and `bus.errors`.
+    """
+
     def __init__(
         self, options: MqttOptions, *, will: Will | None = None, threaded: bool = True
     ) -> None:
@@ -106,6 +87,10 @@ class MqttClient:
         self._backoff = options.reconnect_min_s
         self._paho = self._build(will)
 
+    @property
+    def client_id(self) -> str:
+        return self.options.client_id
+
     def _build(self, will: Will | None) -> paho.Client:
         o = self.options
         protocol = paho.MQTTv5 if o.protocol == 5 else paho.MQTTv311
@@ -118,15 +103,12 @@ class MqttClient:
         if o.username is not None:
             client.username_pw_set(o.username, o.password)
         if o.tls:
-            context = ssl.create_default_context(cafile=o.ca_file)
-            if o.cert_file:
-                context.load_cert_chain(o.cert_file, o.key_file)
-            if o.insecure:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            client.tls_set_context(context)
+            client.tls_set_context(tls_context(o))
         if will is not None:
-            client.will_set(will.topic, will.payload, will.qos, will.retain)
+            try:
+                client.will_set(will.topic, will.payload, will.qos, will.retain)
+            except ValueError as exc:
+                raise ConfigError(f"Last Will on {will.topic!r} refused: {exc}") from exc
         client.max_inflight_messages_set(o.max_inflight)
         client.max_queued_messages_set(o.max_queued)
         client.reconnect_delay_set(
@@ -204,7 +186,7 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self._connected.clear()
-        if not self._closed:
+        if not self._closed and self._refused is None:
             log.warning("mqtt disconnected", extra={"url": self.options.url, "reason": str(reason)})
 
     def loop(self, timeout: float = 0.1) -> None:
@@ -227,17 +209,33 @@ class MqttClient:
     # -- publish ----------------------------------------------------------------------------
 
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: Mapping[str, str] | None = None,
     ) -> PublishHandle:
-        """Queue a message; `wait()` on the handle returns once the broker has it.
+        """Queue a message; `wait()` on the handle returns once the broker has it (PUBACK).
 
-        While disconnected, QoS 1 messages wait in memory and go out after the reconnect.
+        Publishing while disconnected queues: QoS 1 messages wait in this process's memory
+        (up to `max_queued`, then PublishError) and go out after the reconnect, so `wait()`
+        returns only once the broker really holds the message. They are lost if the process
+        dies first, which is why the edge outbox keeps each message on disk until `wait()`
+        returns. `user_properties` need MQTT 5; on 3.1.1 they are refused, not dropped.
         """
         if self._closed:
             raise PublishError(f"publish to {topic!r} on a closed client")
+        properties = self._publish_properties(topic, user_properties)
         handle = PublishHandle(self, topic, qos)
         with self._lock:  # on_publish takes the lock too, so it cannot run before we register
-            info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+            try:
+                info = self._paho.publish(
+                    topic, payload, qos=qos, retain=retain, properties=properties
+                )
+            except ValueError as exc:  # bad topic, QoS or a payload over 256 MiB
+                raise PublishError(f"publish to {topic!r} refused: {exc}") from exc
             if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
                 raise PublishError(f"publish to {topic!r}: the outgoing queue is full")
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
@@ -247,6 +245,20 @@ class MqttClient:
             else:
                 self._pending[info.mid] = handle
         return handle
+
+    def _publish_properties(
+        self, topic: str, user_properties: Mapping[str, str] | None
+    ) -> Properties | None:
+        if not user_properties:
+            return None
+        if self.options.protocol != 5:
+            raise ConfigError(
+                f"publish to {topic!r}: user properties need MQTT 5, "
+                f"but {self.options.url} is used with 3.1.1"
+            )
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.UserProperty = list(user_properties.items())
+        return properties
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
@@ -270,11 +282,15 @@ class MqttClient:
         Subscribe before `connect()` when resuming a persistent session: the messages the
         broker kept arrive right after CONNACK.
         """
+        check_topic_filter(topic_filter)
         with self._lock:
             self._handlers[topic_filter] = (qos, handler)
         if not self._connected.is_set():
             return  # sent on connect unless the broker still holds the session
-        result, _ = self._paho.subscribe(topic_filter, qos)
+        try:
+            result, _ = self._paho.subscribe(topic_filter, qos)
+        except ValueError as exc:
+            raise ConfigError(f"subscribe to {topic_filter!r} refused: {exc}") from exc
         if result not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise ConnectError(f"subscribe to {topic_filter!r} failed: {paho.error_string(result)}")
 
@@ -293,6 +309,8 @@ class MqttClient:
             message.qos,
             bool(message.retain),
             message.mid,
+            bool(message.dup),
+            _user_properties(message),
             ack,
         )
         if handler is None:  # not acked: with manual acks the broker redelivers it later
@@ -322,7 +340,11 @@ class MqttClient:
             self._paho.loop_stop()
 
     def close(self) -> None:
-        """Disconnect cleanly (no Last Will) and stop the loop thread."""
+        """Disconnect cleanly (no Last Will) and stop the loop thread.
+
+        Publishes still waiting for their PUBACK fail at once with PublishError: the broker may
+        or may not have them, so their senders must keep them (the outbox does).
+        """
         if self._closed:
             return
         self._closed = True
@@ -332,6 +354,7 @@ class MqttClient:
         else:
             self._paho.loop(0.05)
         self._connected.clear()
+        self._fail_pending("the client was closed")
 
     def abort(self) -> None:
         """Drop the connection without DISCONNECT, as a crash would (the Last Will fires)."""
@@ -341,6 +364,20 @@ class MqttClient:
             sock.close()
         if self.threaded:
             self._paho.loop_stop()
+        self._connected.clear()
+        self._fail_pending("the connection was aborted")
+
+    def _fail_pending(self, why: str) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for handle in pending.values():
+            handle._finish(PublishError(f"{why} before the broker acknowledged {handle.topic!r}"))
+
+
+def _user_properties(message: paho.MQTTMessage) -> UserProperties:
+    properties = getattr(message, "properties", None)
+    pairs = getattr(properties, "UserProperty", None) or []
+    return tuple((str(k), str(v)) for k, v in pairs)
 
 
 def connect_mqtt(

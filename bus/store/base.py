@@ -11,15 +11,22 @@ from bus.errors import ObjectStoreError
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """What was stored. `sha256` is computed by us while streaming, so it is the same on every
+    backend and can go into a message reference; `etag` is the backend's own version tag
+    (S3's ETag, which is not a content hash for multipart uploads; for files, the sha256)."""
+
     key: str
     size: int
     sha256: str
+    etag: str | None = None
 
 
 class ObjectStore(Protocol):
     """Put and get whole objects; hand out URLs a device can use without credentials."""
 
-    def put(self, key: str, data: bytes | BinaryIO) -> ObjectInfo: ...
+    def put(
+        self, key: str, data: bytes | BinaryIO, *, content_type: str | None = None
+    ) -> ObjectInfo: ...
 
     def get(self, key: str) -> bytes: ...
 

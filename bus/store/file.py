@@ -28,7 +28,10 @@ class FileStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put(self, key: str, data: bytes | BinaryIO) -> ObjectInfo:
+    def put(
+        self, key: str, data: bytes | BinaryIO, *, content_type: str | None = None
+    ) -> ObjectInfo:
+        """Write atomically. A directory keeps no metadata, so `content_type` is not stored."""
         path = self._path(key)
         digest = hashlib.sha256()
         size = 0
@@ -50,7 +53,7 @@ class FileStore:
             _fsync_dir(path.parent)
         except OSError as exc:
             raise ObjectStoreError(f"put {key!r} into {self.root} failed: {exc}") from exc
-        return ObjectInfo(key, size, digest.hexdigest())
+        return ObjectInfo(key, size, digest.hexdigest(), etag=digest.hexdigest())
 
     def get(self, key: str) -> bytes:
         try:
@@ -74,7 +77,8 @@ class FileStore:
             raise ObjectStoreError(f"get {key!r} to {path} failed: {exc}") from exc
         except OSError as exc:
             raise ObjectStoreError(f"get {key!r} to {path} failed: {exc}") from exc
-        return ObjectInfo(key, path.stat().st_size, digest.hexdigest())
+        sha256 = digest.hexdigest()
+        return ObjectInfo(key, path.stat().st_size, sha256, etag=sha256)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -99,7 +103,12 @@ class FileStore:
         return self.url_for(key)
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str:
-        """Like `presign_get`; whoever holds a `file://` URL can already write the file."""
+        """Like `presign_get`: whoever can reach the directory can already write the file.
+
+        Nothing can PUT to a `file://` URL (urllib opens it for reading and ignores the body),
+        so the holder writes the path itself: `urllib.request.url2pathname` of the URL's path.
+        The parent directory is created here so that plain write succeeds.
+        """
         self._path(key).parent.mkdir(parents=True, exist_ok=True)
         return self.url_for(key)
 

@@ -16,7 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bus.errors import ObjectNotFound, ObjectStoreError
+from bus.errors import ConfigError, ObjectNotFound, ObjectStoreError
 from bus.store.base import ObjectInfo, check_key, check_prefix
 
 MiB = 1024 * 1024
@@ -40,19 +40,12 @@ class S3Store:
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self._client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            # Path-style addressing works with every S3-compatible server and with AWS.
-            config=Config(
-                signature_version="s3v4",  # SigV2 presigned PUTs break on a Content-Type header
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
-            ),
-        )
+        self._client = _client(self.bucket, self.prefix, endpoint, region, access_key, secret_key)
+        if multipart_chunksize < 5 * MiB:
+            raise ConfigError(
+                f"s3://{bucket}/{self.prefix}: multipart_chunksize {multipart_chunksize} is below "
+                "S3's 5 MiB minimum part size"
+            )
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize
         )
@@ -69,13 +62,22 @@ class S3Store:
             return ObjectStoreError(f"{operation} {where} failed: {code} {exc}")
         return ObjectStoreError(f"{operation} {where} failed: {exc}")
 
-    def put(self, key: str, data: bytes | BinaryIO) -> ObjectInfo:
+    def put(
+        self, key: str, data: bytes | BinaryIO, *, content_type: str | None = None
+    ) -> ObjectInfo:
+        """Upload in parts above the multipart threshold; hash while streaming, not after."""
         stream = _HashingReader(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data)
+        extra = {"ContentType": content_type} if content_type else None
         try:
-            self._client.upload_fileobj(stream, self.bucket, self._key(key), Config=self._transfer)
+            self._client.upload_fileobj(
+                stream, self.bucket, self._key(key), ExtraArgs=extra, Config=self._transfer
+            )
+            # upload_fileobj hides the response; one HEAD gives the ETag callers may compare.
+            head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError, OSError) as exc:
             raise self._error("put", key, exc) from exc
-        return ObjectInfo(key, stream.size, stream.digest.hexdigest())
+        etag = str(head.get("ETag", "")).strip('"') or None
+        return ObjectInfo(key, stream.size, stream.digest.hexdigest(), etag=etag)
 
     def get(self, key: str) -> bytes:
         try:
@@ -93,9 +95,12 @@ class S3Store:
         except (ClientError, BotoCoreError, OSError) as exc:
             raise self._error("get", key, exc) from exc
         digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(MiB):
-                digest.update(chunk)
+        try:
+            with path.open("rb") as handle:
+                while chunk := handle.read(MiB):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise self._error("get", key, exc) from exc
         return ObjectInfo(key, path.stat().st_size, digest.hexdigest())
 
     def exists(self, key: str) -> bool:
@@ -143,6 +148,36 @@ class S3Store:
 
     def url_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def _client(
+    bucket: str,
+    prefix: str,
+    endpoint: str | None,
+    region: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+) -> Any:
+    """The one place a boto3 client is configured; unset keys fall back to boto3's chain."""
+    try:
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            # Path-style addressing works with every S3-compatible server and with AWS.
+            config=Config(
+                signature_version="s3v4",  # SigV2 presigned PUTs break on a Content-Type header
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 5, "mode": "standard"},
+            ),
+        )
+    except (BotoCoreError, ValueError) as exc:
+        raise ConfigError(
+            f"s3://{bucket}/{prefix}: cannot build an S3 client "
+            f"(endpoint={endpoint!r}, region={region!r}): {exc}"
+        ) from exc
 
 
 class _HashingReader:

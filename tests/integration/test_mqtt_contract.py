@@ -1,5 +1,6 @@
-"""One contract for every MQTT broker we support: a real Mosquitto (MQTT 5), Mosquitto as the
-embedded broker, and amqtt in-process (MQTT 3.1.1)."""
+"""One contract for every MQTT broker we support: a real Mosquitto (MQTT 5, and 3.1.1 so the
+client's 3.1.1 path is proven on a broker that implements it fully), Mosquitto as the embedded
+broker, and amqtt in-process (MQTT 3.1.1)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
-from bus.errors import ConnectError
+from bus.errors import ConfigError, ConnectError, PublishError
 from bus.mqtt import MqttClient, MqttMessage, Will, connect_mqtt
 from bus.mqtt.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["mosquitto", "embedded-mosquitto", "embedded-amqtt"])
+@pytest.fixture(params=["mosquitto", "mosquitto-311", "embedded-mosquitto", "embedded-amqtt"])
 def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "mosquitto":
-        yield request.getfixturevalue("mosquitto").url
+    if request.param.startswith("mosquitto"):
+        url = request.getfixturevalue("mosquitto").url
+        yield url + ("?protocol=311" if request.param.endswith("-311") else "")
         return
     with EmbeddedBroker(prefer=request.param.removeprefix("embedded-")) as broker:
         yield broker.url
@@ -144,6 +146,84 @@ def test_unacked_messages_come_back_after_a_crash(
     pub.close()
 
 
+@pytest.mark.parametrize("clean_start", [True, False], ids=["fresh-session", "kept-session"])
+def test_dropped_connection_reconnects_and_resubscribes(broker_url: str, clean_start: bool) -> None:
+    topic = unique("t") + "/cmd"
+    inbox = Inbox()
+    sub = subscriber(
+        broker_url, topic, inbox, clean_start=clean_start, reconnect_min_s=1, reconnect_max_s=1
+    )
+    sock = sub._paho.socket()  # a network drop: the socket dies under the client, no DISCONNECT
+    assert sock is not None
+    sock.close()
+    deadline = time.monotonic() + 5
+    while sub.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sub.wait_connected(15)
+    time.sleep(0.3)  # the SUBSCRIBE sent from on_connect, when the session was gone
+    pub = connect_mqtt(broker_url, client_id=unique("pub"))
+    pub.publish(topic, b"after the drop").wait(10)
+    assert [m.payload for m in inbox.wait_for(1)] == [b"after the drop"], "not resubscribed"
+    pub.close()
+    sub.close()
+
+
+def test_publish_wait_returns_after_the_puback(broker_url: str) -> None:
+    publisher = connect_mqtt(broker_url, client_id=unique("pub"))
+    handles = [publisher.publish(unique("t") + "/acked", b"x" * 100) for _ in range(20)]
+    for handle in handles:
+        handle.wait(10)
+    assert all(h.acknowledged for h in handles)
+    publisher.close()
+    with pytest.raises(PublishError, match="closed"):
+        publisher.publish(unique("t") + "/late", b"x")
+
+
+def test_user_properties_travel_on_mqtt5_and_are_refused_on_311(broker_url: str) -> None:
+    topic = unique("t") + "/props"
+    inbox = Inbox()
+    sub = subscriber(broker_url, topic, inbox)
+    pub = connect_mqtt(broker_url, client_id=unique("pub"))
+    props = {"message_id": "m-1", "schema": "2"}
+    if pub.options.protocol == 311:
+        with pytest.raises(ConfigError, match="MQTT 5"):
+            pub.publish(topic, b"x", user_properties=props)
+        pub.publish(topic, b"x").wait(10)
+        assert inbox.wait_for(1)[0].user_properties == ()
+    else:
+        pub.publish(topic, b"x", user_properties=props).wait(10)
+        assert dict(inbox.wait_for(1)[0].user_properties) == props
+    pub.close()
+    sub.close()
+
+
+def test_shared_subscription_splits_the_stream(
+    broker_url: str, request: pytest.FixtureRequest
+) -> None:
+    amqtt_lacks(
+        request, "has no shared subscriptions: a $share/... filter is taken literally, gets nothing"
+    )
+    group_topic = unique("t") + "/devices/+/update"
+    members = [Inbox(), Inbox()]
+    clients = [
+        subscriber(broker_url, f"$share/bridges/{group_topic}", inbox, client_id=unique("bridge"))
+        for inbox in members
+    ]
+    pub = connect_mqtt(broker_url, client_id=unique("pub"))
+    sent = [f"m{i}".encode() for i in range(10)]
+    for payload in sent:
+        pub.publish(group_topic.replace("+", "d1"), payload).wait(10)
+    deadline = time.monotonic() + 10
+    while sum(len(m.messages) for m in members) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a broker that copies to every member would have delivered more by now
+    assert sorted(members[0].payloads + members[1].payloads) == sorted(sent)
+    assert members[0].messages, "the broker gave every message to one member"
+    assert members[1].messages, "the broker gave every message to one member"
+    for client in [*clients, pub]:
+        client.close()
+
+
 def test_last_will_fires_when_a_client_dies(broker_url: str) -> None:
     status = unique("t") + "/devices/d1/status"
     inbox = Inbox()
@@ -181,6 +261,18 @@ def test_caller_driven_loop(broker_url: str) -> None:
     assert handle is not None
     handle.wait(5)
     client.close()
+
+
+@pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
+def test_bad_credentials_are_a_connect_error(kind: Literal["mosquitto", "amqtt"]) -> None:
+    # The shared Mosquitto fixture admits anyone; test_mqtt_security.py covers it with TLS.
+    with EmbeddedBroker(prefer=kind, users={"pi-01": "right-password"}) as broker:
+        good = broker.url.replace("mqtt://", "mqtt://pi-01:right-password@")
+        connect_mqtt(good, client_id=unique("dev")).close()
+        for url in [broker.url.replace("mqtt://", "mqtt://pi-01:wrong@"), broker.url]:
+            with pytest.raises(ConnectError, match="refused") as caught:
+                connect_mqtt(url, client_id=unique("dev"), timeout=5)
+            assert "wrong" not in str(caught.value)
 
 
 def test_nothing_listening_is_a_connect_error() -> None:

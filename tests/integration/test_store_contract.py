@@ -13,6 +13,7 @@ import pytest
 
 from bus.errors import ConfigError, ObjectNotFound, ObjectStoreError
 from bus.store import ObjectStore, open_store
+from bus.store.s3 import S3Store
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -39,6 +40,7 @@ def test_put_get_round_trip(store: ObjectStore) -> None:
     info = store.put("models/har/v1.onnx", b"\x00onnx\xff")
     assert info.size == 6
     assert info.sha256 == hashlib.sha256(b"\x00onnx\xff").hexdigest()
+    assert info.etag
     assert store.get("models/har/v1.onnx") == b"\x00onnx\xff"
     assert store.exists("models/har/v1.onnx")
 
@@ -50,15 +52,19 @@ def test_large_object_streams_in_parts(store: ObjectStore, tmp_path: Path) -> No
     with source.open("rb") as handle:
         info = store.put("payloads/big.bin", handle)
     assert info.sha256 == hashlib.sha256(data).hexdigest()
+    if isinstance(store, S3Store):  # S3 marks a multipart object's ETag with its part count
+        assert info.etag is not None
+        assert info.etag.endswith("-3")
     fetched = store.get_to_file("payloads/big.bin", tmp_path / "copy.bin")
     assert fetched.sha256 == info.sha256
     assert fetched.size == 20 * MiB
 
 
 def test_overwrite_exists_delete(store: ObjectStore) -> None:
-    store.put("a.bin", b"one")
-    store.put("a.bin", b"two")
+    first = store.put("a.bin", b"one")
+    second = store.put("a.bin", b"two")
     assert store.get("a.bin") == b"two"
+    assert first.etag != second.etag
     store.delete("a.bin")
     assert not store.exists("a.bin")
     store.delete("a.bin")  # deleting what is gone is not an error
@@ -79,16 +85,30 @@ def test_missing_key_is_object_not_found(store: ObjectStore, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "..", "a\\b", "a//b", "./a"])
-def test_invalid_keys_are_refused(store: ObjectStore, key: str) -> None:
-    with pytest.raises(ObjectStoreError, match="key"):
-        store.put(key, b"x")
+def test_invalid_keys_are_refused(store: ObjectStore, key: str, tmp_path: Path) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: store.put(key, b"x"),
+        lambda: store.get(key),
+        lambda: store.get_to_file(key, tmp_path / "out"),
+        lambda: store.exists(key),
+        lambda: store.delete(key),
+        lambda: store.presign_get(key),
+        lambda: store.presign_put(key),
+        lambda: store.url_for(key),
+    ]
+    for call in calls:
+        with pytest.raises(ObjectStoreError, match="key"):
+            call()
+    assert not (tmp_path / "out").exists()
 
 
 def test_presigned_get_needs_no_credentials(store: ObjectStore) -> None:
-    store.put("release/model.tflite", b"tflite-bytes")
+    store.put("release/model.tflite", b"tflite-bytes", content_type="application/x-tflite")
     url = store.presign_get("release/model.tflite", expires_s=60)
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == b"tflite-bytes"
+        if url.startswith("http"):  # a directory keeps no metadata; S3 serves what was given
+            assert response.headers["Content-Type"] == "application/x-tflite"
 
 
 def test_presigned_put_then_get(store: ObjectStore) -> None:
@@ -119,3 +139,5 @@ def test_bad_urls_are_config_errors() -> None:
         open_store("s3:///prefix")
     with pytest.raises(ConfigError, match="unknown option"):
         open_store("s3://bucket?endpoit=http://x")
+    with pytest.raises(ConfigError, match="5 MiB minimum"):
+        open_store("s3://bucket?region=us-east-1", multipart_chunksize=1024)

@@ -1,11 +1,17 @@
-"""MQTT URLs become typed options; bad ones are refused with the URL (password masked)."""
+"""MQTT URLs become typed options; bad ones, bad TLS files, topics and filters are refused
+before any broker is contacted, with the URL (password masked) in the message."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bus.errors import ConfigError
-from bus.mqtt import MqttOptions
+from bus import errors
+from bus.errors import ConfigError, PublishError
+from bus.mqtt import MqttClient, MqttOptions
+from bus.mqtt.message import check_topic_filter
+from bus.mqtt.options import tls_context
 
 
 def test_full_url() -> None:
@@ -60,3 +66,51 @@ def test_password_never_appears_in_errors() -> None:
 def test_client_id_is_required() -> None:
     with pytest.raises(ConfigError, match="client id"):
         MqttOptions.from_url("mqtt://h")
+
+
+def test_missing_tls_files_are_config_errors(tmp_path: Path) -> None:
+    options = MqttOptions.from_url(f"mqtts://h?ca={tmp_path / 'absent.pem'}", client_id="x")
+    with pytest.raises(ConfigError, match=r"absent\.pem"):
+        tls_context(options)
+    with pytest.raises(ConfigError, match="TLS files"):
+        MqttClient(options)
+
+
+@pytest.mark.parametrize("topic_filter", ["", "a/#/b", "a#", "a/b+", "+x/y", "a/\x00"], ids=repr)
+def test_bad_topic_filters_are_refused_before_the_broker_sees_them(topic_filter: str) -> None:
+    with pytest.raises(ConfigError, match="topic filter"):
+        check_topic_filter(topic_filter)
+
+
+@pytest.mark.parametrize("topic_filter", ["a/b", "a/+/c", "#", "a/#", "$share/g/a/+/c"])
+def test_good_topic_filters_pass(topic_filter: str) -> None:
+    check_topic_filter(topic_filter)
+
+
+def test_publish_refusals_need_no_broker() -> None:
+    client = MqttClient(MqttOptions.from_url("mqtt://127.0.0.1:1?protocol=311", client_id="x"))
+    with pytest.raises(PublishError, match="refused"):
+        client.publish("a/+/b", b"wildcards are for filters")
+    with pytest.raises(ConfigError, match="MQTT 5"):
+        client.publish("a/b", b"x", user_properties={"k": "v"})
+    with pytest.raises(ConfigError, match="topic filter"):
+        client.subscribe("a/#/b", lambda message: None)
+    client.close()
+    with pytest.raises(PublishError, match="closed"):
+        client.publish("a/b", b"x")
+
+
+def test_queue_bound_and_close_fail_unacknowledged_publishes() -> None:
+    # Never connected: publishes queue in memory, up to max_queued, and wait for a broker.
+    options = MqttOptions.from_url("mqtt://127.0.0.1:1", client_id="x", max_queued=2)
+    client = MqttClient(options)
+    handles = [client.publish("a/b", b"1"), client.publish("a/b", b"2")]
+    with pytest.raises(PublishError, match="queue is full"):
+        client.publish("a/b", b"3")
+    with pytest.raises(errors.TimeoutError, match="no acknowledgement"):
+        handles[0].wait(0.2)
+    client.close()
+    for handle in handles:
+        with pytest.raises(PublishError, match="closed before the broker acknowledged"):
+            handle.wait(1)
+        assert not handle.acknowledged
