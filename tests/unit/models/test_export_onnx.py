@@ -1,0 +1,115 @@
+"""ONNX export on a model trained on real data: parity with torch in fp32, accuracy kept in int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bus.errors import ValidationError
+from fleetlearn.demo.data import load_breast_cancer, split_fleet
+from models.export.pipeline import ExportRequest, export_onnx_checked, torch_logits
+from models.export.runtimes import OnnxRunner
+from models.manifest import read_manifest
+from models.parity import ParityError, compare, enforce
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[torch.nn.Module, ExportRequest]:
+    torch.manual_seed(0)
+    x, y = load_breast_cancer()
+    data = split_fleet(x, y, devices=1, test_fraction=0.3, seed=0)
+    train_x, train_y = data.shards[0].x, data.shards[0].y.astype(np.int64)
+    model = torch.nn.Sequential(torch.nn.Linear(30, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    inputs, targets = torch.from_numpy(train_x), torch.from_numpy(train_y)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    request = ExportRequest(
+        name="cancer-mlp",
+        version=3,
+        architecture="mlp",
+        classes=["malignant", "benign"],
+        heldout_x=data.test_x,
+        heldout_y=data.test_y.astype(np.int64),
+        calibration_x=train_x[:128],
+        preprocessing={"standardized": True},
+    )
+    return model.eval(), request
+
+
+def test_export_passes_its_checks_and_writes_a_manifest(
+    trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
+) -> None:
+    model, request = trained
+    manifest = export_onnx_checked(model, request, tmp_path)
+    assert [(f.format, f.quantization) for f in manifest.files] == [
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+    ]
+    fp32, int8 = manifest.checks
+    assert fp32["max_abs"] < 1e-4
+    assert fp32["reference_accuracy"] > 0.9  # chance is 0.63 (the benign share)
+    assert int8["accuracy_drop"] <= 0.01
+    assert manifest.signature.inputs[0].shape == [None, 30]  # dynamic batch
+    sizes = {f.quantization: f.size for f in manifest.files}
+    assert (
+        sizes["int8"] < sizes["fp32"] * 1.5
+    )  # tiny model: QDQ overhead dominates; bench/ has the real ratios
+    assert read_manifest(tmp_path) == manifest
+
+
+def test_dynamic_batch_runs_any_batch_size(
+    trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
+) -> None:
+    model, request = trained
+    export_onnx_checked(model, request, tmp_path)
+    runner = OnnxRunner(tmp_path / "cancer-mlp.onnx")
+    for batch in (1, 7, 64):
+        out = runner.run(request.heldout_x[:batch])
+        np.testing.assert_allclose(out, torch_logits(model, request.heldout_x[:batch]), atol=1e-5)
+
+
+def test_parity_failure_says_by_how_much(trained: tuple[torch.nn.Module, ExportRequest]) -> None:
+    model, request = trained
+    reference = torch_logits(model, request.heldout_x)
+    shifted = reference + np.float32(0.01)
+    report = compare(
+        reference, shifted, request.heldout_y, runtime="onnxruntime", quantization="fp32"
+    )
+    with pytest.raises(ParityError, match=r"max \|Δlogit\| 0\.01 > 0\.0001"):
+        enforce(report)
+    flipped = -reference
+    report = compare(
+        reference, flipped, request.heldout_y, runtime="onnxruntime", quantization="int8"
+    )
+    with pytest.raises(ParityError, match=r"points below torch fp32"):
+        enforce(report)
+
+
+def test_tampered_file_fails_the_manifest(
+    trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
+) -> None:
+    model, request = trained
+    export_onnx_checked(model, request, tmp_path)
+    path = tmp_path / "cancer-mlp.int8.onnx"
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValidationError, match="sha256"):
+        read_manifest(tmp_path)
+
+
+def test_too_few_calibration_samples(
+    trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
+) -> None:
+    model, request = trained
+    from dataclasses import replace
+
+    with pytest.raises(ValidationError, match="calibration"):
+        export_onnx_checked(
+            model, replace(request, calibration_x=request.calibration_x[:3]), tmp_path
+        )
