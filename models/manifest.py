@@ -43,7 +43,9 @@ class ModelManifest(BaseModel):
     version: int = Field(ge=0)
     architecture: str
     classes: list[str]
-    signature: Signature
+    signatures: dict[str, Signature] = Field(
+        description="per file name: input and output names, shapes, dtypes, int8 scales"
+    )
     preprocessing: dict[str, Any] = Field(
         default_factory=dict, description="normalisation statistics, window length, vocabulary"
     )

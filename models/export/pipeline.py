@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -17,9 +17,12 @@ import torch
 
 from bus.protocol import ModelFile
 from models.export.onnx_export import export_onnx, quantize_onnx_int8
-from models.export.runtimes import OnnxRunner, run_batched
+from models.export.runtimes import LiteRtRunner, OnnxRunner, Runner, run_batched
+from models.export.tflite_export import export_tflite, quantize_tflite_int8
 from models.manifest import ModelManifest, Signature, describe_file, write_manifest
 from models.parity import ParityReport, compare, enforce
+
+Quantization = Literal["fp32", "int8"]
 
 
 @dataclass(frozen=True)
@@ -49,30 +52,36 @@ def torch_logits(
     return torch.cat(chunks).numpy().astype(np.float32)
 
 
-def export_onnx_checked(
-    module: torch.nn.Module, request: ExportRequest, out_dir: Path
+Format = Literal["onnx", "tflite"]
+
+
+def export_checked(
+    module: torch.nn.Module,
+    request: ExportRequest,
+    out_dir: Path,
+    *,
+    formats: tuple[Format, ...] = ("onnx",),
 ) -> ModelManifest:
-    """fp32 (and int8) ONNX files with parity and accuracy enforced, plus `manifest.json`."""
+    """Files per format (fp32, int8 if asked), parity and accuracy enforced, and `manifest.json`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = torch_logits(module, request.heldout_x)
-    fp32_path = export_onnx(module, request.heldout_x, out_dir / f"{request.name}.onnx")
     files: list[ModelFile] = []
+    signatures: dict[str, Signature] = {}
     checks: list[ParityReport] = []
-    fp32 = OnnxRunner(fp32_path)
-    checks.append(_checked(fp32, reference, request, "fp32"))
-    files.append(describe_file(fp32_path, fmt="onnx", quantization="fp32"))
-    if request.int8:
-        int8_path = quantize_onnx_int8(
-            fp32_path, out_dir / f"{request.name}.int8.onnx", request.calibration_x
-        )
-        checks.append(_checked(OnnxRunner(int8_path), reference, request, "int8"))
-        files.append(describe_file(int8_path, fmt="onnx", quantization="int8"))
+    modes: tuple[Quantization, ...] = ("fp32", "int8") if request.int8 else ("fp32",)
+    for fmt in formats:
+        for mode in modes:
+            path = _write(module, request, out_dir, fmt, mode)
+            runner = OnnxRunner(path) if fmt == "onnx" else LiteRtRunner(path)
+            checks.append(_checked(runner, reference, request, mode))
+            files.append(describe_file(path, fmt=fmt, quantization=mode))
+            signatures[path.name] = Signature.model_validate(runner.signature())
     manifest = ModelManifest(
         name=request.name,
         version=request.version,
         architecture=request.architecture,
         classes=request.classes,
-        signature=Signature.model_validate(fp32.signature()),
+        signatures=signatures,
         preprocessing=request.preprocessing,
         files=files,
         checks=[report.as_dict() for report in checks],
@@ -81,8 +90,23 @@ def export_onnx_checked(
     return manifest
 
 
+def _write(
+    module: torch.nn.Module, request: ExportRequest, out_dir: Path, fmt: Format, mode: Quantization
+) -> Path:
+    suffix = "" if mode == "fp32" else ".int8"
+    path = out_dir / f"{request.name}{suffix}.{fmt}"
+    if fmt == "onnx":
+        fp32 = out_dir / f"{request.name}.onnx"
+        if mode == "fp32":
+            return export_onnx(module, request.heldout_x, path)
+        return quantize_onnx_int8(fp32, path, request.calibration_x)
+    if mode == "fp32":
+        return export_tflite(module, request.heldout_x, path)
+    return quantize_tflite_int8(module, request.calibration_x, path)
+
+
 def _checked(
-    runner: OnnxRunner, reference: npt.NDArray[np.float32], request: ExportRequest, mode: str
+    runner: Runner, reference: npt.NDArray[np.float32], request: ExportRequest, mode: str
 ) -> ParityReport:
     outputs = run_batched(runner, request.heldout_x)
     report = compare(reference, outputs, request.heldout_y, runtime=runner.name, quantization=mode)

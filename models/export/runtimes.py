@@ -62,3 +62,67 @@ class OnnxRunner:
 
 def run_batched(runner: Runner, x: npt.NDArray[Any], batch: int = 256) -> npt.NDArray[np.float32]:
     return np.concatenate([runner.run(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+class LiteRtRunner:
+    """A .tflite file in `ai-edge-litert`'s interpreter, one sample per call as on a device."""
+
+    name = "ai-edge-litert"
+
+    def __init__(self, path: Path) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:
+            raise ValidationError(
+                "ai-edge-litert is not installed (the tflite extra)", where=str(path)
+            ) from exc
+        try:
+            self._interpreter = Interpreter(model_path=str(path), num_threads=1)
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise ValidationError(
+                f"LiteRT cannot load {path.name}: {exc}", where=str(path)
+            ) from exc
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+
+    def run(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        rows = []
+        for sample in x:
+            self._interpreter.set_tensor(self._input["index"], _to_input(sample[None], self._input))
+            self._interpreter.invoke()
+            rows.append(
+                _from_output(self._interpreter.get_tensor(self._output["index"]), self._output)
+            )
+        return np.concatenate(rows).astype(np.float32)
+
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        def describe(detail: dict[str, Any]) -> dict[str, Any]:
+            scale, zero = detail.get("quantization", (0.0, 0))
+            return {
+                "name": detail["name"],
+                "shape": [int(d) for d in detail["shape_signature"]],
+                "dtype": np.dtype(detail["dtype"]).name,
+                "scale": float(scale) if scale else None,
+                "zero_point": int(zero) if scale else None,
+            }
+
+        return {"inputs": [describe(self._input)], "outputs": [describe(self._output)]}
+
+
+def _to_input(x: npt.NDArray[Any], detail: dict[str, Any]) -> npt.NDArray[Any]:
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if dtype.kind in "iu" and scale and x.dtype.kind == "f":  # a fully int8 input
+        info = np.iinfo(dtype)
+        quantized: npt.NDArray[Any] = np.clip(np.round(x / scale + zero), info.min, info.max)
+        return quantized.astype(dtype)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _from_output(y: npt.NDArray[Any], detail: dict[str, Any]) -> npt.NDArray[np.float32]:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    values: npt.NDArray[np.float32] = y.astype(np.float32)
+    if y.dtype.kind in "iu" and scale:
+        values = ((values - zero) * scale).astype(np.float32)
+    return values

@@ -1,4 +1,4 @@
-"""ONNX export on a model trained on real data: parity with torch in fp32, accuracy kept in int8."""
+"""Export of a model trained on real data: parity with torch in fp32, accuracy kept in int8."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from bus.errors import ValidationError
 from fleetlearn.demo.data import load_breast_cancer, split_fleet
-from models.export.pipeline import ExportRequest, export_onnx_checked, torch_logits
+from models.export.pipeline import ExportRequest, export_checked, torch_logits
 from models.export.runtimes import OnnxRunner
 from models.manifest import read_manifest
 from models.parity import ParityError, compare, enforce
@@ -47,7 +47,7 @@ def test_export_passes_its_checks_and_writes_a_manifest(
     trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
 ) -> None:
     model, request = trained
-    manifest = export_onnx_checked(model, request, tmp_path)
+    manifest = export_checked(model, request, tmp_path)
     assert [(f.format, f.quantization) for f in manifest.files] == [
         ("onnx", "fp32"),
         ("onnx", "int8"),
@@ -56,7 +56,7 @@ def test_export_passes_its_checks_and_writes_a_manifest(
     assert fp32["max_abs"] < 1e-4
     assert fp32["reference_accuracy"] > 0.9  # chance is 0.63 (the benign share)
     assert int8["accuracy_drop"] <= 0.01
-    assert manifest.signature.inputs[0].shape == [None, 30]  # dynamic batch
+    assert manifest.signatures["cancer-mlp.onnx"].inputs[0].shape == [None, 30]  # dynamic batch
     sizes = {f.quantization: f.size for f in manifest.files}
     assert (
         sizes["int8"] < sizes["fp32"] * 1.5
@@ -64,11 +64,30 @@ def test_export_passes_its_checks_and_writes_a_manifest(
     assert read_manifest(tmp_path) == manifest
 
 
+def test_tflite_fp32_and_int8_in_litert(
+    trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
+) -> None:
+    model, request = trained
+    manifest = export_checked(model, request, tmp_path, formats=("tflite",))
+    assert [f.name for f in manifest.files] == ["cancer-mlp.tflite", "cancer-mlp.int8.tflite"]
+    fp32, int8 = manifest.checks
+    assert fp32["runtime"] == "ai-edge-litert"
+    assert fp32["max_abs"] < 1e-4
+    assert int8["agreement"] >= 0.95
+    assert int8["accuracy_drop"] <= 0.01
+    sizes = {f.quantization: f.size for f in manifest.files}
+    assert sizes["int8"] < sizes["fp32"]
+    int8_input = manifest.signatures["cancer-mlp.int8.tflite"].inputs[0]
+    assert int8_input.dtype == "int8"  # fully integer: the device feeds quantized inputs
+    assert int8_input.scale is not None
+    assert int8_input.zero_point is not None
+
+
 def test_dynamic_batch_runs_any_batch_size(
     trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
 ) -> None:
     model, request = trained
-    export_onnx_checked(model, request, tmp_path)
+    export_checked(model, request, tmp_path)
     runner = OnnxRunner(tmp_path / "cancer-mlp.onnx")
     for batch in (1, 7, 64):
         out = runner.run(request.heldout_x[:batch])
@@ -96,7 +115,7 @@ def test_tampered_file_fails_the_manifest(
     trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
 ) -> None:
     model, request = trained
-    export_onnx_checked(model, request, tmp_path)
+    export_checked(model, request, tmp_path)
     path = tmp_path / "cancer-mlp.int8.onnx"
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     with pytest.raises(ValidationError, match="sha256"):
@@ -110,6 +129,4 @@ def test_too_few_calibration_samples(
     from dataclasses import replace
 
     with pytest.raises(ValidationError, match="calibration"):
-        export_onnx_checked(
-            model, replace(request, calibration_x=request.calibration_x[:3]), tmp_path
-        )
+        export_checked(model, replace(request, calibration_x=request.calibration_x[:3]), tmp_path)
