@@ -103,6 +103,13 @@ def _reject_constant(name: str) -> Any:
 
 def read_tensors(payload: memoryview, limits: Limits = DEFAULT_LIMITS) -> Tensors:
     """Parse a safetensors buffer into read-only numpy views of `payload`, in index order."""
+    return read_tensors_with_metadata(payload, limits)[0]
+
+
+def read_tensors_with_metadata(
+    payload: memoryview, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Tensors, dict[str, str]]:
+    """`read_tensors`, plus the `__metadata__` strings (checkpoints keep their config there)."""
     if len(payload) < 8:
         raise FrameError(f"{len(payload)} bytes is too short for a tensor index", where="payload")
     size = int.from_bytes(payload[:8], "little")
@@ -111,7 +118,8 @@ def read_tensors(payload: memoryview, limits: Limits = DEFAULT_LIMITS) -> Tensor
     index = parse_json(payload[8 : 8 + size], where="payload.index")
     if not isinstance(index, dict):
         raise ValidationError("must be a JSON object", where="payload.index")
-    _check_metadata(index.pop(METADATA_KEY, None))
+    metadata = index.pop(METADATA_KEY, None)
+    _check_metadata(metadata)
     if len(index) > limits.max_tensors:
         raise ValidationError(
             f"{len(index)} tensors, over the limit of {limits.max_tensors}", where="payload.index"
@@ -119,10 +127,11 @@ def read_tensors(payload: memoryview, limits: Limits = DEFAULT_LIMITS) -> Tensor
     data = payload[8 + size :]
     entries = [(name, *_entry(name, entry, limits)) for name, entry in index.items()]
     _check_tiling(entries, len(data))
-    return {
+    tensors = {
         name: np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=begin).reshape(shape)
         for name, dtype, shape, begin, _ in entries
     }
+    return tensors, dict(metadata or {})
 
 
 def _check_metadata(metadata: Any) -> None:

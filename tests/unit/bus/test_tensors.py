@@ -180,3 +180,16 @@ def test_we_read_what_safetensors_writes(tensors: dict[str, np.ndarray]) -> None
     for name, value in tensors.items():
         np.testing.assert_array_equal(ours[name], value)
         assert ours[name].dtype == value.dtype
+
+
+def test_metadata_round_trips_and_safetensors_reads_it() -> None:
+    import numpy as np
+    import safetensors.numpy
+
+    from bus.protocol.tensors import read_tensors_with_metadata, write_tensors
+
+    data = write_tensors({"w": np.ones(2, dtype=np.float32)}, metadata={"architecture": "mlp"})
+    tensors, metadata = read_tensors_with_metadata(memoryview(data))
+    assert metadata == {"architecture": "mlp"}
+    assert tensors["w"].tolist() == [1.0, 1.0]
+    assert safetensors.numpy.load(data)["w"].tolist() == [1.0, 1.0]
