@@ -6,6 +6,7 @@ import typer
 
 from fleetlearn.demo.cli import demo_command
 from fleetlearn.inspect import inspect_command
+from fleetlearn.models_cli import models_app
 from fleetlearn.services.cli import services_app
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 
 app.command("demo")(demo_command)
 app.command("inspect")(inspect_command)
+app.add_typer(models_app, name="models")
 app.add_typer(services_app, name="services")
 
 

@@ -1,1 +1,1 @@
-"""What the fleet trains: architectures by name, real data sets, parameters as wire tensors, export."""
+"""What the fleet trains: architectures by name, real data, parameters as wire tensors, export."""

@@ -50,6 +50,9 @@ class ModelManifest(BaseModel):
         default_factory=dict, description="normalisation statistics, window length, vocabulary"
     )
     files: list[ModelFile]
+    weights_sha256: str | None = Field(
+        None, description="sha256 of weights.safetensors beside the files, for `models check`"
+    )
     checks: list[dict[str, Any]] = Field(
         default_factory=list, description="parity and accuracy reports, one per runtime and mode"
     )

@@ -112,3 +112,39 @@ def _checked(
     report = compare(reference, outputs, request.heldout_y, runtime=runner.name, quantization=mode)
     enforce(report)
     return report
+
+
+def check_directory(directory: Path) -> list[ParityReport]:
+    """Verify files against the manifest, then re-run every runtime against the torch weights."""
+    import hashlib
+
+    from bus.errors import ValidationError
+    from models.manifest import read_manifest
+    from models.workflow import load_weights, prepare_data
+
+    manifest = read_manifest(directory)
+    weights_path = directory / "weights.safetensors"
+    if not weights_path.is_file():
+        raise ValidationError(
+            "weights.safetensors is missing: nothing to compare with", where=str(directory)
+        )
+    if hashlib.sha256(weights_path.read_bytes()).hexdigest() != manifest.weights_sha256:
+        raise ValidationError("sha256 differs from the manifest", where=str(weights_path))
+    loaded = load_weights(weights_path)
+    split = prepare_data(loaded.dataset, seed=loaded.seed)
+    request = ExportRequest(
+        name=manifest.name,
+        version=manifest.version,
+        architecture=manifest.architecture,
+        classes=manifest.classes,
+        heldout_x=split.test.x,
+        heldout_y=split.test.y,
+        calibration_x=split.train.x[:0],
+    )
+    reference = torch_logits(loaded.module, split.test.x)
+    reports = []
+    for entry in manifest.files:
+        path = directory / entry.name
+        runner: Runner = OnnxRunner(path) if entry.format == "onnx" else LiteRtRunner(path)
+        reports.append(_checked(runner, reference, request, entry.quantization))
+    return reports
