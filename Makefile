@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 types: $(STAMP)
-	$(BIN)/mypy bus models edge_agent cloud_trainer fleetlearn tests
+	$(BIN)/mypy bus models edge_agent cloud_trainer fleetlearn bench tests
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -63,9 +63,13 @@ def bench_model(model: str, epochs: int, runs: int, workdir: Path) -> list[dict[
         manifest = export_checked(
             module.eval(), request, workdir / f"{model}-{fmt}", formats=(fmt,)
         )
-        for entry, check in zip(manifest.files, manifest.checks, strict=True):
+        files = {entry.quantization: entry for entry in manifest.files}
+        for check in manifest.checks:  # one per runtime and mode
+            entry = files[check["quantization"]]
             path = workdir / f"{model}-{fmt}" / entry.name
-            runner: Runner = OnnxRunner(path) if fmt == "onnx" else LiteRtRunner(path)
+            runner: Runner = (
+                OnnxRunner(path) if fmt == "onnx" else LiteRtRunner(path, runtime=check["runtime"])
+            )
             rows.append(
                 {
                     "model": model,

@@ -17,7 +17,13 @@ import torch
 
 from bus.protocol import ModelFile
 from models.export.onnx_export import export_onnx, quantize_onnx_int8
-from models.export.runtimes import LiteRtRunner, OnnxRunner, Runner, run_batched
+from models.export.runtimes import (
+    LiteRtRunner,
+    OnnxRunner,
+    Runner,
+    installed_tflite_runtimes,
+    run_batched,
+)
 from models.export.tflite_export import export_tflite, quantize_tflite_int8
 from models.manifest import ModelManifest, Signature, describe_file, write_manifest
 from models.parity import ParityReport, compare, enforce
@@ -72,10 +78,10 @@ def export_checked(
     for fmt in formats:
         for mode in modes:
             path = _write(module, request, out_dir, fmt, mode)
-            runner = OnnxRunner(path) if fmt == "onnx" else LiteRtRunner(path)
-            checks.append(_checked(runner, reference, request, mode))
+            runners = _runners(path, fmt)
+            checks.extend(_checked(runner, reference, request, mode) for runner in runners)
             files.append(describe_file(path, fmt=fmt, quantization=mode))
-            signatures[path.name] = Signature.model_validate(runner.signature())
+            signatures[path.name] = Signature.model_validate(runners[0].signature())
     manifest = ModelManifest(
         name=request.name,
         version=request.version,
@@ -88,6 +94,12 @@ def export_checked(
     )
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _runners(path: Path, fmt: Format) -> list[OnnxRunner | LiteRtRunner]:
+    if fmt == "onnx":
+        return [OnnxRunner(path)]
+    return [LiteRtRunner(path, runtime=name) for name in installed_tflite_runtimes()]
 
 
 def _write(
@@ -145,6 +157,6 @@ def check_directory(directory: Path) -> list[ParityReport]:
     reports = []
     for entry in manifest.files:
         path = directory / entry.name
-        runner: Runner = OnnxRunner(path) if entry.format == "onnx" else LiteRtRunner(path)
-        reports.append(_checked(runner, reference, request, entry.quantization))
+        for runner in _runners(path, entry.format):
+            reports.append(_checked(runner, reference, request, entry.quantization))
     return reports

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,17 +66,37 @@ def run_batched(runner: Runner, x: npt.NDArray[Any], batch: int = 256) -> npt.ND
     return np.concatenate([runner.run(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
+# The TFLite interpreters devices use: LiteRT (numpy 2), and the older tflite-runtime, which
+# needs numpy < 2 and so only exists in an environment of its own.
+TFLITE_RUNTIMES = {
+    "ai-edge-litert": "ai_edge_litert.interpreter",
+    "tflite-runtime": "tflite_runtime.interpreter",
+}
+
+
+def installed_tflite_runtimes() -> list[str]:
+    return [
+        name
+        for name, module in TFLITE_RUNTIMES.items()
+        if importlib.util.find_spec(module.split(".")[0])
+    ]
+
+
+def tflite_runners(path: Path) -> list[Runner]:
+    """One runner per installed TFLite runtime: an export must agree with torch in each."""
+    return [LiteRtRunner(path, runtime=name) for name in installed_tflite_runtimes()]
+
+
 class LiteRtRunner:
-    """A .tflite file in `ai-edge-litert`'s interpreter, one sample per call as on a device."""
+    """A .tflite file in a TFLite interpreter, one sample per call as on a device."""
 
-    name = "ai-edge-litert"
-
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, runtime: str = "ai-edge-litert") -> None:
+        self.name = runtime
         try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:
+            Interpreter = importlib.import_module(TFLITE_RUNTIMES[runtime]).Interpreter  # noqa: N806
+        except (ImportError, KeyError) as exc:
             raise ValidationError(
-                "ai-edge-litert is not installed (the tflite extra)", where=str(path)
+                f"TFLite runtime {runtime!r} is not installed", where=str(path)
             ) from exc
         try:
             self._interpreter = Interpreter(model_path=str(path), num_threads=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,19 @@ def test_too_few_calibration_samples(
     trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
 ) -> None:
     model, request = trained
-    from dataclasses import replace
-
     with pytest.raises(ValidationError, match="calibration"):
         export_checked(model, replace(request, calibration_x=request.calibration_x[:3]), tmp_path)
+
+
+def test_tflite_runtimes_are_found_by_what_is_installed(
+    trained: tuple[torch.nn.Module, ExportRequest], tmp_path: Path
+) -> None:
+    from models.export.runtimes import LiteRtRunner, installed_tflite_runtimes
+
+    assert "ai-edge-litert" in installed_tflite_runtimes()
+    model, request = trained
+    manifest = export_checked(model, replace(request, int8=False), tmp_path, formats=("tflite",))
+    assert {c["runtime"] for c in manifest.checks} == set(installed_tflite_runtimes())
+    if "tflite-runtime" not in installed_tflite_runtimes():  # numpy < 2: its own environment
+        with pytest.raises(ValidationError, match="'tflite-runtime' is not installed"):
+            LiteRtRunner(tmp_path / manifest.files[0].name, runtime="tflite-runtime")
