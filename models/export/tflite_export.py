@@ -1,7 +1,8 @@
 """TFLite export through litert-torch (the `tflite` extra), fp32 and static int8.
 
 int8 follows PT2E: export the graph, insert observers, calibrate on real samples, convert,
-and hand the quantizer to the converter so the file holds real int8 kernels. TFLite models
+and hand the quantizer to the converter so the file holds real int8 kernels; weights PT2E
+cannot annotate (embeddings) are then stored as int8 by ai-edge-quantizer. TFLite models
 take one sample per call (batch 1), which is how a device runs them.
 """
 
@@ -68,4 +69,20 @@ def quantize_tflite_int8(
     litert_torch.convert(
         converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer)
     ).export(str(path))
+    _quantize_leftover_weights(path)
     return path
+
+
+def _quantize_leftover_weights(path: Path) -> None:
+    """int8 for the weights PT2E leaves in float (it has no embedding annotator): a text
+    model's embedding table would otherwise keep the int8 file as large as the fp32 one."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    worker = quantizer.Quantizer(str(path))
+    worker.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+    candidate = path.with_suffix(".wi8.tflite")
+    worker.quantize().export_model(str(candidate), overwrite=True)
+    if candidate.stat().st_size < path.stat().st_size:
+        candidate.replace(path)
+    else:
+        candidate.unlink()

@@ -33,12 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 @pytest.mark.parametrize("model", ARCHITECTURES)
-def test_export_and_check(
-    trained: dict[str, Path], tmp_path: Path, model: str, fmt: str, request: pytest.FixtureRequest
-) -> None:
-    if (model, fmt) == ("textclf", "tflite"):
-        reason = "litert-torch's PT2E quantizer has no embedding annotator: the table stays fp32"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_export_and_check(trained: dict[str, Path], tmp_path: Path, model: str, fmt: str) -> None:
     out = tmp_path / "release"
     args = ["models", "export", "--model", model, "--weights", str(trained[model])]
     result = runner.invoke(app, [*args, "--format", fmt, "--int8", "--out", str(out)])
