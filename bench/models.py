@@ -26,9 +26,8 @@ from rich.table import Table
 
 from models.export.pipeline import ExportRequest, export_checked
 from models.export.runtimes import LiteRtRunner, OnnxRunner, Runner
-from models.registry import get_spec
 from models.train import fit
-from models.workflow import DEFAULT_DATASET, default_config, prepare_data
+from models.workflow import DEFAULT_DATASET, build_seeded, default_config, prepare_data
 
 RESULTS = Path(__file__).parent / "results" / "models.json"
 
@@ -47,7 +46,7 @@ def latency_ms(runner: Runner, sample: np.ndarray, runs: int) -> float:
 
 def bench_model(model: str, epochs: int, runs: int, workdir: Path) -> list[dict[str, Any]]:
     split = prepare_data(DEFAULT_DATASET[model], seed=0)
-    module = get_spec(model).build(default_config(model, split.train))
+    module = build_seeded(model, default_config(model, split.train), seed=0)
     fit(module, split.train.x, split.train.y, epochs=epochs, batch_size=64, lr=3e-3, seed=0)
     request = ExportRequest(
         name=model,

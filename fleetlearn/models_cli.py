@@ -38,6 +38,7 @@ def train_command(
     from models.workflow import (
         DEFAULT_DATASET,
         WeightsFile,
+        build_seeded,
         default_config,
         prepare_data,
         save_weights,
@@ -47,7 +48,7 @@ def train_command(
         name = dataset or DEFAULT_DATASET[get_spec(model).name]
         split = prepare_data(name, seed=seed)
         config = default_config(model, split.train)
-        module = get_spec(model).build(config)
+        module = build_seeded(model, config, seed)
         with console.status(f"training {model} on {name} ({len(split.train)} rows)"):
             fit(
                 module,

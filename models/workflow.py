@@ -98,3 +98,10 @@ def load_weights(path: Path) -> WeightsFile:
     module = get_spec(architecture).build(config)
     set_parameters(module, tensors)
     return WeightsFile(module.eval(), architecture, config, dataset, seed)
+
+
+def build_seeded(architecture: str, config: dict[str, Any], seed: int) -> torch.nn.Module:
+    """Build with initial weights drawn from `seed`, leaving torch's global generator alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_spec(architecture).build(config)

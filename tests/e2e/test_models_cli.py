@@ -82,3 +82,13 @@ def test_weights_of_another_architecture_are_refused(
     result = runner.invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert "holds a 'mlp' model, not 'cnn'" in result.output
+
+
+def test_training_is_reproducible_from_its_seed(tmp_path: Path) -> None:
+    files = []
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}.safetensors"
+        args = ["models", "train", "--model", "logreg", "--epochs", "2", "--seed", "7"]
+        assert runner.invoke(app, [*args, "--out", str(out)]).exit_code == 0
+        files.append(out.read_bytes())
+    assert files[0] == files[1]
