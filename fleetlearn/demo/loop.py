@@ -33,7 +33,7 @@ from bus.protocol.codecs import Residual
 from bus.store import ObjectStore, open_store
 from bus.topics import KAFKA_UPDATES, default_prefix, update_topic
 from fleetlearn.demo.aggregate import WeightedMean
-from fleetlearn.demo.data import FleetData, load_breast_cancer, split_fleet
+from fleetlearn.demo.data import FleetData, fleet_data
 from fleetlearn.demo.forwarder import Forwarder
 from fleetlearn.demo.logreg import Params, evaluate, init_params, train_local
 from fleetlearn.services.base import cache_dir
@@ -105,8 +105,7 @@ def _open_bus(config: DemoConfig) -> Iterator[_Bus]:
 def run_demo(
     config: DemoConfig, on_round: Callable[[RoundResult], None] | None = None
 ) -> DemoResult:
-    x, y = load_breast_cancer()
-    data = split_fleet(x, y, devices=config.devices, test_fraction=0.2, seed=config.seed)
+    data = fleet_data(devices=config.devices, test_fraction=0.2, seed=config.seed)
     params = init_params(data.features)
     baseline = evaluate(params, data.test_x, data.test_y)[1]
     prefix = default_prefix(config.fleet)

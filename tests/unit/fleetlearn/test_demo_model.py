@@ -5,28 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bus.errors import ConfigError
-from fleetlearn.demo.data import load_breast_cancer, split_fleet
+from bus.errors import FleetlearnError
+from fleetlearn.demo.data import fleet_data
 from fleetlearn.demo.logreg import evaluate, init_params, train_local
 
 
-def test_breast_cancer_table_is_read_from_the_installed_wheel() -> None:
-    x, y = load_breast_cancer()
-    assert x.shape == (569, 30)
-    assert x.dtype == np.float32
-    assert set(np.unique(y)) == {0.0, 1.0}
-    assert int(y.sum()) == 357  # benign cases in the published data set
-
-
-def test_split_is_deterministic_and_disjoint() -> None:
-    x, y = load_breast_cancer()
-    first = split_fleet(x, y, devices=5, test_fraction=0.2, seed=3)
-    second = split_fleet(x, y, devices=5, test_fraction=0.2, seed=3)
+def test_fleet_split_is_deterministic_and_disjoint() -> None:
+    first = fleet_data(devices=5, test_fraction=0.2, seed=3)
+    second = fleet_data(devices=5, test_fraction=0.2, seed=3)
     assert [len(s.x) for s in first.shards] == [len(s.x) for s in second.shards]
     assert all(np.array_equal(a.x, b.x) for a, b in zip(first.shards, second.shards, strict=True))
     assert sum(len(s.x) for s in first.shards) + len(first.test_x) == 569
-    with pytest.raises(ConfigError, match="devices"):
-        split_fleet(x, y, devices=0, test_fraction=0.2, seed=3)
+    assert first.features == 30
+    assert first.test_y.dtype == np.float32
+    with pytest.raises(FleetlearnError):
+        fleet_data(devices=0, test_fraction=0.2, seed=3)
 
 
 def test_training_separates_a_literal_problem() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bus.errors import ValidationError
-from fleetlearn.demo.data import load_breast_cancer, split_fleet
+from models.datasets import load, standardize, train_test_split
 from models.export.pipeline import ExportRequest, export_checked, torch_logits
 from models.export.runtimes import OnnxRunner
 from models.manifest import read_manifest
@@ -20,9 +20,9 @@ from models.parity import ParityError, compare, enforce
 @pytest.fixture(scope="module")
 def trained() -> tuple[torch.nn.Module, ExportRequest]:
     torch.manual_seed(0)
-    x, y = load_breast_cancer()
-    data = split_fleet(x, y, devices=1, test_fraction=0.3, seed=0)
-    train_x, train_y = data.shards[0].x, data.shards[0].y.astype(np.int64)
+    train, test = train_test_split(load("breast_cancer"), test_fraction=0.3, seed=0)
+    train, test = standardize(train, test)
+    train_x, train_y = train.x, train.y
     model = torch.nn.Sequential(torch.nn.Linear(30, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     inputs, targets = torch.from_numpy(train_x), torch.from_numpy(train_y)
@@ -36,8 +36,8 @@ def trained() -> tuple[torch.nn.Module, ExportRequest]:
         version=3,
         architecture="mlp",
         classes=["malignant", "benign"],
-        heldout_x=data.test_x,
-        heldout_y=data.test_y.astype(np.int64),
+        heldout_x=test.x,
+        heldout_y=test.y,
         calibration_x=train_x[:128],
         preprocessing={"standardized": True},
     )
