@@ -40,6 +40,19 @@ class PublishHandle:
         self.qos = qos
         self._done = threading.Event()
         self._error: PublishError | None = None
+        self._info: paho.MQTTMessageInfo | None = None
+
+    def _paho_says_published(self) -> bool:
+        """paho's own record, for an ack that arrived before the handle was registered."""
+        if self._info is None:
+            return False
+        try:
+            published = self._info.is_published()
+        except (RuntimeError, ValueError):  # sent while disconnected: the callback will tell
+            return False
+        if published:
+            self._finish()
+        return published
 
     def _finish(self, error: PublishError | None = None) -> None:
         self._error = error
@@ -47,18 +60,20 @@ class PublishHandle:
 
     @property
     def acknowledged(self) -> bool:
+        if not self._done.is_set():
+            self._paho_says_published()
         return self._done.is_set() and self._error is None
 
     def wait(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self._done.is_set():
+        while not self._done.is_set() and not self._paho_says_published():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise errors.TimeoutError(
                     f"no acknowledgement for {self.topic!r} within {timeout} s"
                 )
             if self._client.threaded:
-                self._done.wait(min(remaining, 0.5))
+                self._done.wait(min(remaining, 0.05))
             else:
                 self._client.loop(min(remaining, 0.1))
         if self._error is not None:
@@ -229,21 +244,23 @@ class MqttClient:
             raise PublishError(f"publish to {topic!r} on a closed client")
         properties = self._publish_properties(topic, user_properties)
         handle = PublishHandle(self, topic, qos)
-        with self._lock:  # on_publish takes the lock too, so it cannot run before we register
-            try:
-                info = self._paho.publish(
-                    topic, payload, qos=qos, retain=retain, properties=properties
-                )
-            except ValueError as exc:  # bad topic, QoS or a payload over 256 MiB
-                raise PublishError(f"publish to {topic!r} refused: {exc}") from exc
-            if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-                raise PublishError(f"publish to {topic!r}: the outgoing queue is full")
-            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                raise PublishError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
-            if qos == 0:
-                handle._finish()
-            else:
-                self._pending[info.mid] = handle
+        # Our lock is never held while calling into paho: paho holds its own while it calls
+        # on_publish, and the opposite order deadlocks under load. An ack that arrives before
+        # the registration below is still seen through paho's own record of the message.
+        try:
+            info = self._paho.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        except ValueError as exc:  # bad topic, QoS or a payload over 256 MiB
+            raise PublishError(f"publish to {topic!r} refused: {exc}") from exc
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            raise PublishError(f"publish to {topic!r}: the outgoing queue is full")
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise PublishError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        if qos == 0:
+            handle._finish()
+            return handle
+        handle._info = info
+        with self._lock:
+            self._pending[info.mid] = handle
         return handle
 
     def _publish_properties(
@@ -265,8 +282,11 @@ class MqttClient:
     ) -> None:
         with self._lock:
             handle = self._pending.pop(mid, None)
-        if handle is None:
-            return
+        if handle is not None:
+            self._finish(handle, reason)
+
+    @staticmethod
+    def _finish(handle: PublishHandle, reason: Any) -> None:
         if reason is not None and getattr(reason, "is_failure", False):
             handle._finish(
                 PublishError(f"broker refused the message on {handle.topic!r}: {reason}")
