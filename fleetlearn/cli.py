@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from fleetlearn.bridge_cli import bridge_app
 from fleetlearn.demo.cli import demo_command
 from fleetlearn.inspect import inspect_command
 from fleetlearn.models_cli import models_app
@@ -19,6 +20,7 @@ app = typer.Typer(
 
 app.command("demo")(demo_command)
 app.command("inspect")(inspect_command)
+app.add_typer(bridge_app, name="bridge")
 app.add_typer(models_app, name="models")
 app.add_typer(services_app, name="services")
 

@@ -1,0 +1,1 @@
+"""The MQTT ⇄ log bridge: device traffic into the log, rounds and releases back to devices."""

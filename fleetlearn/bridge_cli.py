@@ -1,0 +1,51 @@
+"""`fleetlearn bridge run`: carry device traffic into the log and rounds/releases back."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bus.errors import FleetlearnError
+
+bridge_app = typer.Typer(help="The MQTT ⇄ log bridge.", no_args_is_help=True)
+
+
+@bridge_app.command("run")
+def run_command(
+    config: Annotated[
+        Path | None, typer.Option(help="bridge.yaml; FLEETLEARN_BRIDGE__* override.")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(help="Stop after this long (default: run).")
+    ] = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then flush and acknowledge what the log has confirmed."""
+    from bus.bridge.bridge import Bridge
+    from bus.bridge.config import BridgeConfig
+    from bus.config import load_config
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        settings = load_config(BridgeConfig, config, env_prefix="FLEETLEARN_BRIDGE")
+        bridge = Bridge(settings).start()
+    except FleetlearnError as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"bridge {settings.client_id} running: {settings.mqtt_url} ⇄ {settings.log_url}", err=True
+    )
+    try:
+        bridge.run(stop, max_seconds=seconds)
+    finally:
+        bridge.close()
