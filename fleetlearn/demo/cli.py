@@ -27,7 +27,7 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="Seed for the split and training.")] = 0,
 ) -> None:
     """Federated logistic regression on the breast-cancer data shipped in scikit-learn:
-    devices publish codec-encoded updates over MQTT, a forwarder moves them into the log
+    devices publish codec-encoded updates over MQTT, the bridge moves them into the log
     (acking MQTT after the log write), the aggregator averages them into a new global model
     in the object store."""
     console = Console()

@@ -7,6 +7,7 @@ SQLite, a directory) or against Mosquitto, Kafka and S3.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -17,8 +18,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from bus.bridge.bridge import Bridge
+from bus.bridge.config import BridgeConfig
+from bus.bridge.uplink import ERROR_HEADER
 from bus.errors import ProtocolError
-from bus.log import Consumer, Log, open_log
+from bus.log import Consumer, Log, consume, open_log
 from bus.mqtt import MqttClient, connect_mqtt
 from bus.mqtt.broker import EmbeddedBroker
 from bus.protocol import (
@@ -31,10 +35,9 @@ from bus.protocol import (
 )
 from bus.protocol.codecs import Residual
 from bus.store import ObjectStore, open_store
-from bus.topics import KAFKA_UPDATES, default_prefix, update_topic
+from bus.topics import KAFKA_DLQ, KAFKA_UPDATES, default_prefix, update_topic
 from fleetlearn.demo.aggregate import WeightedMean
 from fleetlearn.demo.data import FleetData, fleet_data
-from fleetlearn.demo.forwarder import Forwarder
 from fleetlearn.demo.logreg import Params, evaluate, init_params, train_local
 from fleetlearn.services.base import cache_dir
 
@@ -85,6 +88,7 @@ class DemoResult:
 @dataclass
 class _Bus:
     mqtt_url: str
+    log_url: str
     log: Log
     store: ObjectStore
 
@@ -96,10 +100,11 @@ def _open_bus(config: DemoConfig) -> Iterator[_Bus]:
         mqtt_url = config.mqtt_url
         if mqtt_url is None:
             mqtt_url = stack.enter_context(EmbeddedBroker(data_dir=workdir / "broker")).url
-        log = open_log(config.log_url or f"sqlite://{workdir.resolve()}/log.db")
+        log_url = config.log_url or f"sqlite://{workdir.resolve()}/log.db"
+        log = open_log(log_url)
         stack.callback(log.close)
         store = open_store(config.store_url or (workdir / "store").resolve().as_uri())
-        yield _Bus(mqtt_url, log, store)
+        yield _Bus(mqtt_url, log_url, log, store)
 
 
 def run_demo(
@@ -113,9 +118,7 @@ def run_demo(
     results: list[RoundResult] = []
     with _open_bus(config) as bus, ExitStack() as stack:
         bus.log.create_topics({KAFKA_UPDATES: 3})
-        forwarder = Forwarder(bus.mqtt_url, bus.log, prefix, client_id=f"demo-forwarder-{run_id}")
-        forwarder.start()
-        stack.callback(forwarder.stop)
+        _start_bridge(bus, config, run_id, stack)
         devices = [_device(bus.mqtt_url, i, run_id, stack) for i in range(config.devices)]
         residuals: list[Residual | None] = [None] * config.devices  # top-k error feedback
         consumer = bus.log.consumer(f"demo-aggregator-{run_id}")
@@ -135,7 +138,42 @@ def run_demo(
             results.append(result)
             if on_round is not None:
                 on_round(result)
-        return DemoResult(baseline, results, list(forwarder.rejected))
+        return DemoResult(baseline, results, _dead_letters(bus.log))
+
+
+def _start_bridge(bus: _Bus, config: DemoConfig, run_id: str, stack: ExitStack) -> None:
+    """The real bridge, in a thread: MQTT acks only after the log has each update."""
+    settings = BridgeConfig(
+        mqtt_url=bus.mqtt_url,
+        log_url=bus.log_url,
+        fleet=config.fleet,
+        client_id=f"demo-bridge-{run_id}",
+        partitions=3,
+        downlink=False,
+    )
+    bridge = Bridge(settings).start()
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.run, args=(stop,), name="bridge", daemon=True)
+    thread.start()
+
+    def shut_down() -> None:
+        stop.set()
+        thread.join(10)
+        bridge.close()
+
+    stack.callback(shut_down)
+
+
+def _dead_letters(log: Log) -> list[str]:
+    """The reasons the bridge gave for every message it dead-lettered during the demo."""
+    total = sum(log.end_offsets(KAFKA_DLQ).values())
+    if total == 0:
+        return []
+    consumer = log.consumer(f"demo-dlq-{time.time_ns()}")
+    consumer.subscribe([KAFKA_DLQ])
+    records = consume(consumer, total, 10)
+    consumer.close()
+    return [(r.header(ERROR_HEADER) or b"").decode(errors="replace") for r in records]
 
 
 def _device(mqtt_url: str, index: int, run_id: str, stack: ExitStack) -> MqttClient:
@@ -205,7 +243,7 @@ def _aggregate(
         try:
             message = decode_message(record.value)
         except ProtocolError:
-            continue  # the forwarder only passes valid frames; the bridge will dead-letter these
+            continue  # the bridge passes only valid frames; it dead-letters the rest
         update = message.envelope
         if not isinstance(update, ModelUpdate) or (update.round_id, update.base_version) != (
             round_id,
