@@ -14,6 +14,7 @@ from bus.bridge.config import BridgeConfig
 from bus.bridge.downlink import GROUP, Downlink
 from bus.bridge.metrics import BridgeMetrics
 from bus.bridge.uplink import Uplink
+from bus.errors import ConfigError
 from bus.log import open_log
 from bus.mqtt import MqttClient, MqttOptions
 from bus.store import open_store
@@ -29,6 +30,13 @@ class Bridge:
         self.metrics = metrics or BridgeMetrics()
         self.prefix = config.prefix or default_prefix(config.fleet)
         self.log = open_log(config.log_url)
+        # The claim-check record, the dead letters and the headers must fit under the limit too.
+        headroom = 96 * 1024  # a header may be 64 KiB; dead letters add 4 KiB of reason
+        if config.max_record_bytes > self.log.max_message_bytes - headroom:
+            raise ConfigError(
+                f"max_record_bytes {config.max_record_bytes} must stay {headroom} bytes below "
+                f"the log's message limit of {self.log.max_message_bytes}"
+            )
         topics = config.topics
         self.log.create_topics(
             {

@@ -20,12 +20,11 @@ from bus.protocol import (
     AnyEnvelope,
     DataBatch,
     ModelUpdate,
-    PayloadRef,
     Status,
-    encode_message,
     peek_header,
 )
 from bus.store import ObjectStore
+from bus.store.claims import put_claim
 from bus.topics import DeviceChannel, parse_device_topic
 
 log = logging.getLogger(__name__)
@@ -102,10 +101,7 @@ class Uplink:
                 "and no store_url is configured",
                 where="payload",
             )
-        key = f"claims/{device_id}/{header.id}.flrn"
-        info = self.store.put(key, payload)
-        reference = PayloadRef(url=self.store.url_for(key), sha256=info.sha256, length=info.size)
-        return encode_message(header.model_copy(update={"payload": None, "payload_ref": reference}))
+        return put_claim(self.store, payload, header, device_id)
 
     def _produce(
         self,

@@ -151,6 +151,11 @@ class Topics(Protocol):
 class Log(Topics, Protocol):
     """A log backend: topics, and factories for producers and consumers."""
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest record (value + key) a producer of this log accepts."""
+        ...
+
     def producer(self) -> Producer: ...
 
     def consumer(self, group_id: str, *, auto_offset_reset: str = "earliest") -> Consumer: ...

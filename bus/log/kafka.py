@@ -50,6 +50,10 @@ class KafkaLog:
         self.options = options or KafkaOptions()
         self._admin = AdminClient(kafka_config(bootstrap, self.options, "admin"))
 
+    @property
+    def max_message_bytes(self) -> int:
+        return self.options.message_max_bytes
+
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> KafkaLog:
         bootstrap, options = parse_kafka_url(url, overrides)

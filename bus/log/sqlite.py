@@ -33,6 +33,10 @@ class SqliteLog:
         self.options = options or SqliteOptions()
         self._db = Db(path, self.options)
 
+    @property
+    def max_message_bytes(self) -> int:
+        return self.options.message_max_bytes
+
     @classmethod
     def from_url(cls, parsed: ParsedUrl, **overrides: Any) -> SqliteLog:
         return cls(local_path(parsed), options_from_url(SqliteOptions, parsed, overrides))

@@ -100,6 +100,9 @@ class MqttClient:
         self._closed = False
         self._next_reconnect = 0.0
         self._backoff = options.reconnect_min_s
+        # Bumped on every CONNACK: an ack taken on an earlier connection is dropped, because
+        # a packet id names a message only within its connection (the broker redelivers it).
+        self._generation = 0
         self._paho = self._build(will)
 
     @property
@@ -188,6 +191,7 @@ class MqttClient:
             client.disconnect()  # stop paho from retrying with credentials that will not work
             return
         self._backoff = self.options.reconnect_min_s
+        self._generation += 1
         self._connected.set()
         if not flags.session_present:  # the broker forgot us: subscribe again
             with self._lock:
@@ -318,10 +322,13 @@ class MqttClient:
         handler = self._handler_for(message.topic)
         ack: Callable[[], None] | None = None
         if self.options.manual_ack and message.qos > 0:
-            mid, qos = message.mid, message.qos
+            mid, qos, generation = message.mid, message.qos, self._generation
 
             def ack() -> None:
-                client.ack(mid, qos)
+                if generation == self._generation:
+                    client.ack(mid, qos)
+                else:  # a stale packet id could ack another message; the broker redelivers this
+                    log.debug("ack from an earlier connection dropped", extra={"mid": mid})
 
         wrapped = MqttMessage(
             message.topic,

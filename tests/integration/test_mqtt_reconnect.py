@@ -70,3 +70,40 @@ def test_reconnects_after_a_broker_crash(tmp_path: Path, threaded: bool) -> None
             pump.join(5)
         device.close()
         broker.stop()
+
+
+def test_unacked_message_is_redelivered_on_the_next_connection(tmp_path: Path) -> None:
+    """What the bridge relies on when its connection drops with acks outstanding."""
+    broker = MosquittoService(tmp_path / "broker")
+    broker.start()
+    topic = f"t-{uuid.uuid4().hex[:8]}/update"
+    got: list[MqttMessage] = []
+    consumer = connect_mqtt(
+        broker.url,
+        client_id="bridge-like",
+        manual_ack=True,
+        reconnect_max_s=1.0,
+        subscriptions={topic: got.append},
+    )
+    try:
+        publisher = connect_mqtt(broker.url, client_id="publisher")
+        publisher.publish(topic, b"one").wait(10)
+        publisher.close()
+        assert _eventually(lambda: len(got) == 1, 10)
+        broker.stop()  # a clean stop saves the session with its unacked message
+        broker.start()
+        assert _eventually(lambda: len(got) == 2, 20)  # redelivered on the new connection
+        assert got[1].payload == b"one"
+        assert got[1].duplicate
+        got[0].ack()  # taken on the old connection: dropped, not sent under a stale packet id
+        got[1].ack()
+        assert _eventually(lambda: consumer.connected, 10)
+        time.sleep(0.5)  # let the PUBACK reach the broker
+        broker.stop()
+        broker.start()
+        assert _eventually(lambda: consumer.connected, 20)
+        time.sleep(1.0)
+        assert len(got) == 2  # acknowledged once on the live connection: not delivered again
+    finally:
+        consumer.close()
+        broker.stop()
