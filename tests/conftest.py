@@ -31,7 +31,7 @@ def _mode() -> str:
     return mode
 
 
-def _start(name: str, service: Any) -> Any:
+def start_service(name: str, service: Any) -> Any:
     try:
         service.start()
     except (FleetlearnError, OSError, Exception) as exc:  # any start failure is reported alike
@@ -57,7 +57,7 @@ def mosquitto(services_dir: Path) -> Iterator[Any]:
         from fleetlearn.services.mosquitto import MosquittoService
 
         service = MosquittoService(services_dir / "mosquitto")
-    _start("mosquitto", service)
+    start_service("mosquitto", service)
     yield service
     service.stop()
 
@@ -72,7 +72,7 @@ def kafka(services_dir: Path) -> Iterator[Any]:
         from fleetlearn.services.kafka import KafkaService
 
         service = KafkaService(services_dir / "kafka")
-    _start("kafka", service)
+    start_service("kafka", service)
     yield service
     service.stop()
 
@@ -119,7 +119,7 @@ def s3(services_dir: Path) -> Iterator[S3Handle]:
         from fleetlearn.services.minio import MinioService
 
         service = MinioService(services_dir / "minio")
-    _start("minio", service)
+    start_service("minio", service)
     handle = S3Handle(service.endpoint, service.access_key, service.secret_key, service.region)
     saved = {
         k: os.environ.get(k)

@@ -41,6 +41,9 @@ class KafkaOptions:
     """Largest record the producer accepts; larger ones fail at `produce`, never silently."""
     linger_ms: int = 5
     """How long the producer waits to fill a batch: a little latency for much throughput."""
+    delivery_timeout_ms: int = 300_000
+    """How long the producer retries a record before reporting it failed (the bridge then
+    writes it again, so a long Kafka outage costs memory in the producer, never a record)."""
     session_timeout_ms: int = 10_000
     """A consumer silent this long leaves its group and its partitions move to the others."""
     timeout_s: float = 30.0
@@ -57,6 +60,10 @@ class KafkaOptions:
         if self.message_max_bytes < 1000:
             raise ConfigError(
                 f"kafka message_max_bytes must be >= 1000, got {self.message_max_bytes}"
+            )
+        if self.delivery_timeout_ms < 1000:
+            raise ConfigError(
+                f"kafka delivery_timeout_ms must be >= 1000, got {self.delivery_timeout_ms}"
             )
         if self.session_timeout_ms < 1000 or self.timeout_s <= 0:
             raise ConfigError("kafka session_timeout_ms must be >= 1000 and timeout_s > 0")
@@ -84,6 +91,7 @@ def kafka_config(
                 "partitioner": "murmur2_random",  # key -> partition as in the embedded log
                 "linger.ms": options.linger_ms,
                 "message.max.bytes": options.message_max_bytes,
+                "delivery.timeout.ms": options.delivery_timeout_ms,
             }
         )
     elif role == "consumer":

@@ -17,40 +17,35 @@ import numpy as np
 import pytest
 
 from bus.bridge.bridge import Bridge
-from bus.bridge.config import BridgeConfig, TopicMap
-from bus.log import Log, Record, consume, open_log
+from bus.log import consume, open_log
 from bus.mqtt import MqttMessage, connect_mqtt
-from bus.protocol import CodecSpec, ModelUpdate, RoundAnnouncement, encode_message, encode_update
+from bus.protocol import (
+    CodecSpec,
+    ModelUpdate,
+    RoundAnnouncement,
+    decode_message,
+    encode_message,
+    encode_update,
+    peek_header,
+)
+from bus.store import open_store
+from bus.store.claims import resolve_claim
 from bus.topics import rounds_topic, update_topic
+from tests.integration.bridge_helpers import (
+    bridge_config,
+    header_of,
+    publish_all,
+    read_ids,
+    update,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _config(mosquitto: Any, kafka: Any, **changes: Any) -> BridgeConfig:
-    tag = uuid.uuid4().hex[:8]
-    topics = TopicMap(
-        update=f"u-{tag}",
-        data=f"d-{tag}",
-        status=f"s-{tag}",
-        rounds=f"r-{tag}",
-        releases=f"rel-{tag}",
-        dlq=f"dlq-{tag}",
-    )
-    fields: dict[str, Any] = {
-        "mqtt_url": mosquitto.url,
-        "log_url": kafka.url,
-        "fleet": f"f{tag}",
-        "client_id": f"bridge-{tag}",
-        "topics": topics,
-        "partitions": 3,
-    }
-    return BridgeConfig(**(fields | changes))
-
-
 @pytest.fixture
 def running(mosquitto: Any, kafka: Any) -> Iterator[Bridge]:
-    bridge = Bridge(_config(mosquitto, kafka)).start()
+    bridge = Bridge(bridge_config(mosquitto, kafka)).start()
     stop = threading.Event()
     thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
     thread.start()
@@ -58,55 +53,6 @@ def running(mosquitto: Any, kafka: Any) -> Iterator[Bridge]:
     stop.set()
     thread.join(10)
     bridge.close()
-
-
-def update(fleet: str, device: str, seq: int) -> bytes:
-    header = ModelUpdate(
-        fleet=fleet,
-        device_id=device,
-        round_id="r1",
-        model="m",
-        base_version=0,
-        num_examples=seq + 1,
-        codec=CodecSpec(name="fp32"),
-    )
-    return encode_update(header, {"w": np.full(4, seq, dtype=np.float32)})[0]
-
-
-def publish_all(url: str, prefix: str, fleet: str, devices: int, per_device: int) -> set[str]:
-    """Publish from each device and wait for every PUBACK; returns the message ids sent."""
-    from bus.protocol import peek_header
-
-    ids: set[str] = set()
-    clients = [
-        connect_mqtt(url, client_id=f"dev-{i}-{uuid.uuid4().hex[:6]}") for i in range(devices)
-    ]
-    handles = []
-    for seq in range(per_device):
-        for i, client in enumerate(clients):
-            payload = update(fleet, f"dev-{i}", seq)
-            ids.add(peek_header(payload).id)
-            handles.append(client.publish(update_topic(prefix, f"dev-{i}"), payload))
-    for handle in handles:
-        handle.wait(30)
-    for client in clients:
-        client.close()
-    return ids
-
-
-def read_ids(log: Log, topic: str, expected: int, timeout: float = 60) -> list[str]:
-    consumer = log.consumer(f"check-{uuid.uuid4().hex[:6]}")
-    consumer.subscribe([topic])
-    records = consume(consumer, expected, timeout)
-    extra = consume(consumer, 1, 1.0)
-    consumer.close()
-    return [_header(r, "fleetlearn-id") for r in records + extra]
-
-
-def _header(record: Record, name: str) -> str:
-    value = record.header(name)
-    assert value is not None, name
-    return value.decode()
 
 
 def test_n_in_exactly_n_out(running: Bridge, kafka: Any) -> None:
@@ -129,7 +75,7 @@ def test_malformed_and_spoofed_go_to_the_dead_letter_topic(running: Bridge, kafk
     consumer.subscribe([config.topics.dlq])
     dead = consume(consumer, 2, 60)
     consumer.close()
-    reasons = sorted(_header(r, "fleetlearn-error") for r in dead)
+    reasons = sorted(header_of(r, "fleetlearn-error") for r in dead)
     assert len(reasons) == 2
     assert "frame.magic" in reasons[1] or "magic" in " ".join(reasons)
     assert any("differs from the topic's 'dev-1'" in r for r in reasons)
@@ -163,7 +109,7 @@ def test_rounds_are_published_retained(running: Bridge, kafka: Any) -> None:
 
 
 def test_sigkill_mid_stream_loses_nothing(mosquitto: Any, kafka: Any, tmp_path: Path) -> None:
-    config = _config(mosquitto, kafka, downlink=False, max_inflight=50)
+    config = bridge_config(mosquitto, kafka, downlink=False, max_inflight=50)
     (tmp_path / "bridge.yaml").write_text(config.model_dump_json())
     command = [
         sys.executable,
@@ -199,3 +145,47 @@ def test_sigkill_mid_stream_loses_nothing(mosquitto: Any, kafka: Any, tmp_path: 
     finally:
         second.terminate()
         second.wait(30)
+
+
+def test_large_updates_travel_by_claim_check(mosquitto: Any, kafka: Any, s3: Any) -> None:
+    store_url = s3.url(s3.new_bucket(), "bridge")
+    config = bridge_config(
+        mosquitto, kafka, downlink=False, max_record_bytes=64 * 1024, store_url=store_url
+    )
+    bridge = Bridge(config).start()
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+    thread.start()
+    header = ModelUpdate(
+        fleet=config.fleet,
+        device_id="dev-big",
+        round_id="r1",
+        model="m",
+        base_version=0,
+        num_examples=10,
+        codec=CodecSpec(name="fp32"),
+    )
+    weights = np.random.default_rng(0).standard_normal(100_000).astype(np.float32)  # 400 KB
+    big = encode_update(header, {"w": weights})[0]
+    small = update(config.fleet, "dev-big", 1)
+    try:
+        device = connect_mqtt(config.mqtt_url, client_id=f"dev-big-{uuid.uuid4().hex[:6]}")
+        for payload in (big, small):
+            device.publish(update_topic(bridge.prefix, "dev-big"), payload).wait(10)
+        device.close()
+        consumer = open_log(kafka.url).consumer(f"claims-{uuid.uuid4().hex[:6]}")
+        consumer.subscribe([config.topics.update])
+        records = consume(consumer, 2, 60)
+        consumer.close()
+    finally:
+        stop.set()
+        thread.join(10)
+        bridge.close()
+    assert len(records) == 2
+    by_id = {header_of(r, "fleetlearn-id"): r.value for r in records}
+    big_record = by_id[str(peek_header(big).id)]
+    assert len(big_record) < 4096  # the log carries the reference only
+    store = open_store(store_url)
+    assert resolve_claim(big_record, store) == big
+    np.testing.assert_array_equal(decode_message(big).tensors["w"], weights)
+    assert resolve_claim(by_id[str(peek_header(small).id)], store) == small  # small: inline
