@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from bus.errors import FleetlearnError
+from fleetlearn.logging_setup import configure_logging
 
 bridge_app = typer.Typer(help="The MQTT ⇄ log bridge.", no_args_is_help=True)
 
@@ -29,10 +30,7 @@ def run_command(
     from bus.bridge.config import BridgeConfig
     from bus.config import load_config
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    configure_logging(logging.INFO)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from bus.bridge.config import BridgeConfig
 from bus.bridge.downlink import GROUP, Downlink
@@ -29,7 +30,7 @@ class Bridge:
         self.config = config
         self.metrics = metrics or BridgeMetrics()
         self.prefix = config.prefix or default_prefix(config.fleet)
-        self.log = open_log(config.log_url)
+        self.log = open_log(config.log_url, **_log_defaults(config))
         # The claim-check record, the dead letters and the headers must fit under the limit too.
         headroom = 96 * 1024  # a header may be 64 KiB; dead letters add 4 KiB of reason
         if config.max_record_bytes > self.log.max_message_bytes - headroom:
@@ -72,11 +73,20 @@ class Bridge:
         return self
 
     def step(self) -> None:
-        if self.uplink.full:  # back-pressure: leave messages in the broker's session
+        """One turn: read what MQTT has (up to the in-flight room), then serve Kafka's reports.
+
+        While writes are outstanding the MQTT read does not block, and the producer's poll
+        waits briefly instead, so a delivery report (which releases acks) is never stuck
+        behind an idle socket. With nothing outstanding, the MQTT read blocks for new data.
+        """
+        room = self.config.max_inflight - len(self.uplink.acks)
+        if room <= 0:  # back-pressure: leave messages in the broker's session
             self.producer.poll(0.05)
         else:
-            self.mqtt.loop(0.01)
-            self.producer.poll(0)
+            waiting = len(self.uplink.acks) > 0
+            got = self.mqtt.loop(0 if waiting else 0.01, max_messages=min(room, 256))
+            self.producer.poll(0.001 if waiting and not got else 0)
+        self.metrics.inflight.set(len(self.uplink.acks))
         if self.downlink is not None:
             self.downlink.step()
 
@@ -94,3 +104,11 @@ class Bridge:
             self.downlink.consumer.close()
         self.producer.close()
         self.log.close()
+
+
+def _log_defaults(config: BridgeConfig) -> dict[str, Any]:
+    """Producer settings the bridge prefers unless the log URL says otherwise."""
+    url = config.log_url
+    if url.lower().startswith("kafka://") and "linger_ms=" not in url.partition("?")[2]:
+        return {"linger_ms": config.kafka_linger_ms}
+    return {}

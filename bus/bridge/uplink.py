@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bus.bridge.acks import OrderedAcks
@@ -37,6 +38,19 @@ EXPECTED_KIND: dict[DeviceChannel, type[AnyEnvelope]] = {
 ERROR_HEADER = "fleetlearn-error"
 
 
+@dataclass(frozen=True)
+class _Route:
+    """What one MQTT topic means for the log: parsed, checked and looked up once."""
+
+    device_id: str
+    channel: DeviceChannel
+    target: str
+    key: bytes
+    topic_bytes: bytes
+    received: Any
+    forwarded: Any
+
+
 class Uplink:
     def __init__(
         self,
@@ -52,6 +66,8 @@ class Uplink:
         self.metrics = metrics
         self.store = store
         self.acks = OrderedAcks()
+        # Per-topic work done once: a fleet's topics repeat with every message.
+        self._routes: dict[str, _Route] = {}
 
     @property
     def full(self) -> bool:
@@ -59,22 +75,37 @@ class Uplink:
 
     def on_message(self, message: MqttMessage) -> None:
         entry = self.acks.add(message.ack, time.time())
-        self.metrics.inflight.set(len(self.acks))
         try:
-            device_id, channel = parse_device_topic(self.prefix, message.topic)
-            self.metrics.received.labels(channel.value).inc()
-            header = self._validate(message, device_id, channel)
-            value = self._claim_check(message.payload, header, device_id)
+            route = self._route(message.topic)
+            route.received.inc()
+            header = self._validate(message, route.device_id, route.channel)
+            value = self._claim_check(message.payload, header, route.device_id)
         except FleetlearnError as exc:  # protocol, topic and store errors alike
             self._dead_letter(message, exc, entry)
             return
         headers = [
-            ("mqtt-topic", message.topic.encode()),
+            ("mqtt-topic", route.topic_bytes),
             ("fleetlearn-id", header.id.encode()),
             ("received-at-ms", str(int(entry.received_at * 1000)).encode()),
         ]
-        target = getattr(self.config.topics, channel.value)
-        self._produce(target, value, device_id.encode(), headers, entry, header.created_at, channel)
+        self._produce(route.target, value, route.key, headers, entry, header.created_at, route)
+
+    def _route(self, topic: str) -> _Route:
+        route = self._routes.get(topic)
+        if route is None:
+            device_id, channel = parse_device_topic(self.prefix, topic)  # raises on a bad topic
+            if len(self._routes) >= 100_000:
+                self._routes.clear()
+            route = self._routes[topic] = _Route(
+                device_id=device_id,
+                channel=channel,
+                target=getattr(self.config.topics, channel.value),
+                key=device_id.encode(),
+                topic_bytes=topic.encode(),
+                received=self.metrics.received.labels(channel.value),
+                forwarded=self.metrics.forwarded.labels(channel.value),
+            )
+        return route
 
     def _validate(
         self, message: MqttMessage, device_id: str, channel: DeviceChannel
@@ -111,21 +142,20 @@ class Uplink:
         headers: list[tuple[str, bytes]],
         entry: Any,
         created_at: float | None,
-        channel: DeviceChannel | None,
+        route: _Route | None,
     ) -> None:
         def delivered(report: DeliveryReport) -> None:
             if report.error is not None:  # given up by the producer: write it again, never ack
                 log.warning(
                     "log write failed, retrying", extra={"topic": topic, "error": str(report.error)}
                 )
-                self._produce(topic, value, key, headers, entry, created_at, channel)
+                self._produce(topic, value, key, headers, entry, created_at, route)
                 return
-            if channel is not None:
-                self.metrics.forwarded.labels(channel.value).inc()
+            if route is not None:
+                route.forwarded.inc()
             if created_at is not None:
                 self.metrics.latency.observe(max(0.0, time.time() - created_at))
             self.acks.confirm(entry)
-            self.metrics.inflight.set(len(self.acks))
 
         self.producer.produce(topic, value, key=key, headers=headers, on_delivery=delivered)
 

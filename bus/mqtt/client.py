@@ -103,6 +103,8 @@ class MqttClient:
         # Bumped on every CONNACK: an ack taken on an earlier connection is dropped, because
         # a packet id names a message only within its connection (the broker redelivers it).
         self._generation = 0
+        self._received = 0
+        self._routes: dict[str, Handler | None] = {}  # topic -> handler, cleared on subscribe
         self._paho = self._build(will)
 
     @property
@@ -132,6 +134,10 @@ class MqttClient:
         client.reconnect_delay_set(
             max(1, round(o.reconnect_min_s)), max(1, round(o.reconnect_max_s))
         )
+        if not self.threaded:
+            # Queue acks and publishes instead of writing each at once; `loop` writes them
+            # together, one send for a batch of PUBACKs rather than one per message.
+            client.on_socket_register_write = _defer_writes
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -208,22 +214,38 @@ class MqttClient:
         if not self._closed and self._refused is None:
             log.warning("mqtt disconnected", extra={"url": self.options.url, "reason": str(reason)})
 
-    def loop(self, timeout: float = 0.1) -> None:
-        """Run the network loop once (for `threaded=False`); reconnects with backoff."""
+    def loop(self, timeout: float = 0.1, *, max_messages: int = 1) -> int:
+        """Run the network loop once (for `threaded=False`); reconnects with backoff.
+
+        Reads up to `max_messages` messages that are already waiting, not just one as paho's
+        loop does, so a busy caller pays for one select per batch. Returns how many arrived.
+        """
         if self._closed:
-            return
+            return 0
         if not self._connected.is_set() and self._refused is None and self._paho.socket() is None:
             now = time.monotonic()
             if now < self._next_reconnect:
                 time.sleep(min(timeout, self._next_reconnect - now))
-                return
+                return 0
             try:
                 self._paho.reconnect()
             except (OSError, ssl.SSLError):
                 self._next_reconnect = now + self._backoff
                 self._backoff = min(self._backoff * 2, self.options.reconnect_max_s)
-                return
+                return 0
+        before = self._received
         self._paho.loop(timeout)
+        while self._received - before < max_messages:
+            seen = self._received
+            if self._paho.loop_read() != paho.MQTT_ERR_SUCCESS or self._received == seen:
+                break  # nothing more waiting (or the connection dropped: the next loop tells)
+        self.flush_writes()
+        return self._received - before
+
+    def flush_writes(self) -> None:
+        """Send what is queued (acks, publishes) now, without waiting for the next loop."""
+        if not self.threaded and self._paho.want_write():
+            self._paho.loop_write()
 
     # -- publish ----------------------------------------------------------------------------
 
@@ -309,6 +331,7 @@ class MqttClient:
         check_topic_filter(topic_filter)
         with self._lock:
             self._handlers[topic_filter] = (qos, handler)
+            self._routes.clear()
         if not self._connected.is_set():
             return  # sent on connect unless the broker still holds the session
         try:
@@ -319,6 +342,7 @@ class MqttClient:
             raise ConnectError(f"subscribe to {topic_filter!r} failed: {paho.error_string(result)}")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._received += 1
         handler = self._handler_for(message.topic)
         ack: Callable[[], None] | None = None
         if self.options.manual_ack and message.qos > 0:
@@ -349,6 +373,17 @@ class MqttClient:
             log.exception("mqtt handler failed", extra={"topic": message.topic})
 
     def _handler_for(self, topic: str) -> Handler | None:
+        """The handler of the first filter that matches; remembered per topic (a fleet's
+        topics repeat, and paho's matcher costs more than the rest of a message's handling)."""
+        with self._lock:
+            if topic in self._routes:
+                return self._routes[topic]
+            if len(self._routes) >= 65536:
+                self._routes.clear()
+            self._routes[topic] = self._match(topic)
+            return self._routes[topic]
+
+    def _match(self, topic: str) -> Handler | None:
         with self._lock:
             for topic_filter, (_, handler) in self._handlers.items():
                 plain = (
@@ -399,6 +434,10 @@ class MqttClient:
             pending, self._pending = self._pending, {}
         for handle in pending.values():
             handle._finish(PublishError(f"{why} before the broker acknowledged {handle.topic!r}"))
+
+
+def _defer_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's hook for external event loops: writes wait for `MqttClient.loop`."""
 
 
 def _user_properties(message: paho.MQTTMessage) -> UserProperties:
