@@ -1,6 +1,6 @@
 """The bridge against its two ceilings, in one run, on loopback, at QoS 1.
 
-    .venv/bin/python -m bench.bridge [--count-1k 20000] [--count-100k 2000] [--repeats 3]
+    .venv/bin/python -m bench.bridge [--protocol 5|311] [--count-1k 20000] [--count-100k 2000]
 
 For 1 KB and 100 KB messages it measures, one after the other on the same broker and Kafka:
 
@@ -15,7 +15,9 @@ The publisher runs in its own process (as devices do), so it does not compete wi
 being measured for the interpreter lock. Each figure is the median of `--repeats` runs; time
 runs from the publisher's (or producer's) first send to the last message delivered. Starts
 its own Mosquitto and Kafka (as the tests do) unless --mqtt-url and --kafka-url are given.
-Writes bench/results/bridge.json; prints the ratio bridge / min(ceilings) last.
+Every MQTT client of a run (publisher, plain subscriber, bridge) speaks `--protocol`.
+Writes bench/results/bridge.json (bridge-mqtt311.json for 3.1.1); prints the ratio
+bridge / min(ceilings) last.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 from confluent_kafka import Producer
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from rich.console import Console
 from rich.table import Table
 
@@ -47,7 +49,9 @@ from bus.log import open_log
 from bus.protocol import CodecSpec, ModelUpdate, encode_update
 from bus.topics import default_prefix, update_topic
 
-RESULTS = Path(__file__).parent / "results" / "bridge.json"
+RESULTS = Path(__file__).parent / "results"
+PROTOCOLS = {"5": paho.MQTTv5, "311": paho.MQTTv311}
+SETTINGS = {"protocol": "5"}  # every MQTT client of a run speaks the same protocol
 DEVICES = 10
 DISTINCT = 200  # distinct messages per size, cycled: encoding is not what is measured
 WINDOW = 1000  # publisher's un-acked messages; paho's own in-flight limit
@@ -88,6 +92,7 @@ def publish(
     messages: list[tuple[str, bytes]],
     count: int,
     started: Any,
+    protocol: MQTTProtocolVersion,
 ) -> None:
     """Publish `count` messages at QoS 1, at most WINDOW un-acked; report the first send time."""
     acked = 0
@@ -102,7 +107,7 @@ def publish(
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"bench-pub-{uuid.uuid4().hex[:6]}",
-        protocol=paho.MQTTv5,
+        protocol=protocol,
     )
     client.max_inflight_messages_set(WINDOW)
     client.on_publish = on_publish
@@ -129,7 +134,9 @@ def run_publisher(
 ) -> tuple[mp.Process, Any]:
     started = mp.Value("d", 0.0)
     process = mp.Process(
-        target=publish, args=(mqtt[0], mqtt[1], prefix, messages, count, started), daemon=True
+        target=publish,
+        args=(mqtt[0], mqtt[1], prefix, messages, count, started, PROTOCOLS[SETTINGS["protocol"]]),
+        daemon=True,
     )
     process.start()
     return process, started
@@ -166,7 +173,7 @@ def mqtt_ceiling(
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"bench-sub-{uuid.uuid4().hex[:6]}",
-        protocol=paho.MQTTv5,
+        protocol=PROTOCOLS[SETTINGS["protocol"]],
     )
     client.on_message = on_message
     client.on_subscribe = lambda *_: subscribed.set()
@@ -235,7 +242,7 @@ def bridge_run(
 ) -> float:
     tag = uuid.uuid4().hex[:8]
     config = BridgeConfig(
-        mqtt_url=mqtt_url,
+        mqtt_url=f"{mqtt_url}?protocol={SETTINGS['protocol']}",
         log_url=kafka_url,
         fleet=f"bench{tag}",
         client_id=f"bench-bridge-{tag}",
@@ -260,7 +267,8 @@ def bridge_run(
                 raise RuntimeError(
                     f"bridge: {forwarded():.0f} of {count} within {timeout} s "
                     f"(in flight {len(bridge.uplink.acks)}, mqtt connected "
-                    f"{bridge.mqtt.connected}, publisher alive {process.is_alive()})"
+                    f"{bridge.mqtt.connected}, publisher alive {process.is_alive()}, "
+                    f"paho wants to write {bridge.mqtt._paho.want_write()})"
                 )
             for _ in range(100):
                 bridge.step()
@@ -289,9 +297,14 @@ def main() -> None:
         default=BridgeConfig.model_fields["kafka_linger_ms"].default,
         help="producer linger of both the bridge and the Kafka ceiling (the same settings)",
     )
+    parser.add_argument(
+        "--protocol", choices=sorted(PROTOCOLS), default="5", help="MQTT version of every client"
+    )
     parser.add_argument("--mqtt-url", help="an existing broker (mqtt://host:port)")
     parser.add_argument("--kafka-url", help="an existing Kafka (kafka://host:port)")
     args = parser.parse_args()
+    SETTINGS["protocol"] = args.protocol
+    results = RESULTS / ("bridge.json" if args.protocol == "5" else "bridge-mqtt311.json")
     console = Console()
     with ExitStack() as stack:
         mqtt_url, kafka_url = args.mqtt_url, args.kafka_url
@@ -306,11 +319,12 @@ def main() -> None:
             for label, size, count in sizes
         ]
     report(console, rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(
         json.dumps(
             {
                 "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()},
+                "mqtt_protocol": args.protocol,
                 "repeats": args.repeats,
                 "linger_ms": args.linger_ms,
                 "rows": rows,
@@ -319,7 +333,7 @@ def main() -> None:
         )
         + "\n"
     )
-    console.print(f"wrote {RESULTS}")
+    console.print(f"wrote {results}")
     ratios = ", ".join(f"{r['size']} {r['ratio']:.2f}" for r in rows)
     console.print(f"ratio bridge / min(ceilings): {ratios} (goal ≥ 0.7)")
 
