@@ -108,8 +108,7 @@ class KafkaService:
             "kafka.tools.StorageTool",
             "format",
             "--standalone",
-            "-t",
-            _cluster_id(),
+            f"--cluster-id={_cluster_id()}",  # an id may start with "-"; "=" keeps it a value
             "-c",
             str(config),
         ]

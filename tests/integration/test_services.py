@@ -35,3 +35,19 @@ def test_s3_server_round_trip(s3: Any) -> None:
     reply = client.get_object(Bucket=bucket, Key="probe")
     assert reply["Body"].read() == b"fleet"
     assert "MinIO" in reply["ResponseMetadata"]["HTTPHeaders"].get("server", "")
+
+
+def test_kafka_storage_formats_with_a_cluster_id_starting_with_a_dash(
+    kafka: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One random id in 64 starts with "-"; the storage tool must still read it as the value.
+    from fleetlearn.services import kafka as kafka_module
+
+    if not isinstance(kafka, kafka_module.KafkaService):
+        pytest.skip("in container mode Kafka's own image formats its storage")
+    monkeypatch.setattr(kafka_module, "_cluster_id", lambda: "-Ab3xYz0_qRsTuVwXyZ12w")
+    service = kafka_module.KafkaService(tmp_path / "kafka", port=1)
+    service.workdir.mkdir(parents=True)
+    service._format(service._write_config(2))
+    meta = (tmp_path / "kafka" / "data" / "meta.properties").read_text()
+    assert "cluster.id=-Ab3xYz0_qRsTuVwXyZ12w" in meta
