@@ -19,6 +19,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bus import errors
 from bus.errors import ConfigError, ConnectError, PublishError
@@ -105,6 +106,11 @@ class MqttClient:
         self._generation = 0
         self._received = 0
         self._routes: dict[str, Handler | None] = {}  # topic -> handler, cleared on subscribe
+        # SUBSCRIBEs the broker has not answered (packet id -> filter), and its answers: a
+        # refused subscription (an ACL, a bad shared group) must not look like a quiet topic.
+        self._subscribing: dict[int, str] = {}
+        self._subacks: dict[int, list[str]] = {}
+        self._sent_on_connect: dict[int, str] = {}
         self._paho = self._build(will)
 
     @property
@@ -142,6 +148,7 @@ class MqttClient:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         return client
 
     # -- connection -------------------------------------------------------------------------
@@ -174,6 +181,11 @@ class MqttClient:
         if self._refused is not None:
             self._stop_loop()
             raise ConnectError(f"{o.url} refused {o.client_id!r}: {self._refused}")
+        try:
+            self._await_subacks(self._sent_on_connect, deadline)
+        except ConnectError:
+            self._stop_loop()
+            raise
         return self
 
     @property
@@ -181,13 +193,20 @@ class MqttClient:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected and the subscriptions sent on connecting are acknowledged."""
         deadline = time.monotonic() + timeout
-        while not self._connected.is_set() and time.monotonic() < deadline:
+        while not (self._connected.is_set() and self.subscribed) and time.monotonic() < deadline:
             if self.threaded:
                 self._connected.wait(0.05)
             else:
                 self.loop(0.05)
-        return self._connected.is_set()
+        return self._connected.is_set() and self.subscribed
+
+    @property
+    def subscribed(self) -> bool:
+        """True once the broker has answered every SUBSCRIBE sent on this connection."""
+        with self._lock:
+            return not self._subscribing
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -198,11 +217,21 @@ class MqttClient:
             return
         self._backoff = self.options.reconnect_min_s
         self._generation += 1
+        with self._lock:
+            self._subscribing.clear()  # a SUBSCRIBE of an earlier connection gets no answer now
+            self._subacks.clear()
+            handlers = [(f, qos) for f, (qos, _) in self._handlers.items()]
+        # On MQTT 5 every filter is sent again, so a filter added since the session began is
+        # not missed; retain handling 1 keeps retained messages from coming twice. On 3.1.1
+        # that option does not exist: a kept session keeps its subscriptions.
+        sent: dict[int, str] = {}
+        if not flags.session_present or self.options.protocol == 5:
+            for topic_filter, qos in handlers:
+                mid = self._send_subscribe(client, topic_filter, qos)
+                if mid is not None:
+                    sent[mid] = topic_filter
+        self._sent_on_connect = sent
         self._connected.set()
-        if not flags.session_present:  # the broker forgot us: subscribe again
-            with self._lock:
-                for topic_filter, (qos, _) in self._handlers.items():
-                    client.subscribe(topic_filter, qos)
         log.info(
             "mqtt connected", extra={"url": self.options.url, "client_id": self.options.client_id}
         )
@@ -322,11 +351,14 @@ class MqttClient:
 
     # -- subscribe --------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
-        """Route `topic_filter` to `handler`.
+    def subscribe(
+        self, topic_filter: str, handler: Handler, *, qos: int = 1, timeout: float = 10.0
+    ) -> None:
+        """Route `topic_filter` to `handler`; on a live connection, wait for the SUBACK.
 
         Subscribe before `connect()` when resuming a persistent session: the messages the
-        broker kept arrive right after CONNACK.
+        broker kept arrive right after CONNACK, and `connect()` waits for the SUBACKs.
+        A subscription the broker refuses is a ConnectError naming the filter.
         """
         check_topic_filter(topic_filter)
         with self._lock:
@@ -334,12 +366,67 @@ class MqttClient:
             self._routes.clear()
         if not self._connected.is_set():
             return  # sent on connect unless the broker still holds the session
+        mid = self._send_subscribe(self._paho, topic_filter, qos)
+        if mid is not None:
+            self._await_subacks({mid: topic_filter}, time.monotonic() + timeout)
+
+    def _send_subscribe(self, client: paho.Client, topic_filter: str, qos: int) -> int | None:
+        """Send one SUBSCRIBE; its packet id, or None without a connection (on_connect sends
+        it then). Called without our lock: paho takes its own inside (see `publish`)."""
+        options = None
+        if self.options.protocol == 5:
+            options = SubscribeOptions(qos=qos, retainHandling=1)
         try:
-            result, _ = self._paho.subscribe(topic_filter, qos)
+            if options is None:
+                result, mid = client.subscribe(topic_filter, qos)
+            else:
+                result, mid = client.subscribe(topic_filter, options=options)
         except ValueError as exc:
             raise ConfigError(f"subscribe to {topic_filter!r} refused: {exc}") from exc
-        if result not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+            with self._lock:
+                if mid not in self._subacks:  # the SUBACK may already be in
+                    self._subscribing[mid] = topic_filter
+            return mid
+        if result != paho.MQTT_ERR_NO_CONN:
             raise ConnectError(f"subscribe to {topic_filter!r} failed: {paho.error_string(result)}")
+        return None
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        refused = [str(code) for code in reason_codes if getattr(code, "is_failure", False)]
+        with self._lock:
+            topic_filter = self._subscribing.pop(mid, None)
+            self._subacks[mid] = refused
+        if refused:
+            log.error(
+                "mqtt subscription refused",
+                extra={"filter": topic_filter, "mid": mid, "reason": ", ".join(refused)},
+            )
+
+    def _await_subacks(self, waiting: Mapping[int, str], deadline: float) -> None:
+        """Wait for the SUBACKs of `waiting` (packet id -> filter); a refusal is a ConnectError."""
+        while True:
+            with self._lock:
+                answers = {mid: self._subacks.pop(mid) for mid in waiting if mid in self._subacks}
+                missing = [mid for mid in waiting if mid in self._subscribing]
+            for mid, refused in answers.items():
+                if refused:
+                    raise ConnectError(
+                        f"{self.options.url} refused the subscription to {waiting[mid]!r}: "
+                        + ", ".join(refused)
+                    )
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                filters = ", ".join(repr(waiting[mid]) for mid in missing)
+                raise ConnectError(f"{self.options.url} did not answer SUBSCRIBE {filters}")
+            waiting = {mid: waiting[mid] for mid in missing}
+            if self.threaded:
+                time.sleep(0.01)
+            else:
+                self._paho.loop(0.05)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._received += 1

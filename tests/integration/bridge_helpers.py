@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -10,8 +11,8 @@ import numpy as np
 from bus.bridge.config import BridgeConfig, TopicMap
 from bus.log import Log, Record, consume
 from bus.mqtt import connect_mqtt
-from bus.protocol import CodecSpec, ModelUpdate, encode_update, peek_header
-from bus.topics import update_topic
+from bus.protocol import CodecSpec, ModelUpdate, Status, encode_message, encode_update, peek_header
+from bus.topics import status_topic, update_topic
 
 
 def bridge_config(mosquitto: Any, kafka: Any, **changes: Any) -> BridgeConfig:
@@ -68,15 +69,46 @@ def publish_all(url: str, prefix: str, fleet: str, devices: int, per_device: int
 
 
 def read_ids(log: Log, topic: str, expected: int, timeout: float = 60) -> list[str]:
+    """Every record's id, read until `expected` distinct ids (duplicates do not count toward
+    it: after a crash they take the place of messages still to come) or `timeout`."""
     consumer = log.consumer(f"check-{uuid.uuid4().hex[:6]}")
     consumer.subscribe([topic])
-    records = consume(consumer, expected, timeout)
-    extra = consume(consumer, 1, 1.0)
+    ids: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(set(ids)) < expected and time.monotonic() < deadline:
+        batch = consume(consumer, expected - len(set(ids)), deadline - time.monotonic())
+        ids += [header_of(r, "fleetlearn-id") for r in batch]
+    ids += [header_of(r, "fleetlearn-id") for r in consume(consumer, 1000, 1.0)]
     consumer.close()
-    return [header_of(r, "fleetlearn-id") for r in records + extra]
+    return ids
 
 
 def header_of(record: Record, name: str) -> str:
     value = record.header(name)
     assert value is not None, name
     return value.decode()
+
+
+def wait_until_bridging(config: BridgeConfig, log: Log, timeout: float = 60) -> None:
+    """Return once the bridge carries messages end to end (its subscriptions are in place).
+
+    A bridge started in another process subscribes some time after it starts, and a broker
+    drops what is published before any subscription exists; probes on the status topic show
+    when it is live without touching the update topic the tests count.
+    """
+    prefix = config.prefix or f"fleetlearn/{config.fleet}"
+    log.create_topics({config.topics.status: config.partitions})  # the bridge may not have yet
+    consumer = log.consumer(f"probe-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([config.topics.status])
+    probe = connect_mqtt(config.mqtt_url, client_id=f"probe-{uuid.uuid4().hex[:6]}")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            status = Status(fleet=config.fleet, device_id="probe", online=True)
+            probe.publish(status_topic(prefix, "probe"), encode_message(status)).wait(10)
+            if consume(consumer, 1, 0.5):
+                return
+        raise AssertionError(f"the bridge carried no probe within {timeout} s")
+    finally:
+        probe.close()
+        consumer.close()

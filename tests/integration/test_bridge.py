@@ -37,6 +37,7 @@ from tests.integration.bridge_helpers import (
     publish_all,
     read_ids,
     update,
+    wait_until_bridging,
 )
 
 pytestmark = pytest.mark.integration
@@ -122,7 +123,7 @@ def test_sigkill_mid_stream_loses_nothing(mosquitto: Any, kafka: Any, tmp_path: 
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    time.sleep(4)  # subscribed with its persistent session
+    wait_until_bridging(config, open_log(kafka.url))  # subscribed with its persistent session
     sent_holder: dict[str, set[str]] = {}
     publisher = threading.Thread(
         target=lambda: sent_holder.setdefault(

@@ -16,7 +16,12 @@ import pytest
 
 from bus.bridge.bridge import Bridge
 from bus.log import open_log
-from tests.integration.bridge_helpers import bridge_config, publish_all, read_ids
+from tests.integration.bridge_helpers import (
+    bridge_config,
+    publish_all,
+    read_ids,
+    wait_until_bridging,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +43,6 @@ def test_two_bridges_split_the_load_without_duplicates(mosquitto: Any, kafka: An
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)  # both subscriptions in place before the devices publish
         prefix = bridges[0].prefix
         sent = publish_all(first.mqtt_url, prefix, first.fleet, devices=4, per_device=100)
         received = read_ids(open_log(kafka.url), first.topics.update, len(sent))
@@ -72,7 +76,7 @@ def test_a_crashed_member_restarted_under_its_id_delivers_its_share(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen(c, cwd=ROOT, env=env, stderr=subprocess.DEVNULL) for c in commands]
     try:
-        time.sleep(4)  # both subscribed with their persistent sessions
+        wait_until_bridging(first, open_log(kafka.url))  # a member's subscription is in place
         result: dict[str, set[str]] = {}
         prefix = f"fleetlearn/{first.fleet}"
         publisher = threading.Thread(
