@@ -131,15 +131,25 @@ def publish(
 
 def run_publisher(
     mqtt: tuple[str, int], prefix: str, messages: list[tuple[str, bytes]], count: int
-) -> tuple[mp.Process, Any]:
-    started = mp.Value("d", 0.0)
-    process = mp.Process(
+) -> tuple[Any, Any]:
+    # Spawned, not forked: a forked child inherits librdkafka's objects without their threads,
+    # and its garbage collector destroying one crashes it mid-run (seen as a segfault).
+    spawn = mp.get_context("spawn")
+    started = spawn.Value("d", 0.0)
+    process = spawn.Process(
         target=publish,
         args=(mqtt[0], mqtt[1], prefix, messages, count, started, PROTOCOLS[SETTINGS["protocol"]]),
         daemon=True,
     )
     process.start()
     return process, started
+
+
+def join_publisher(process: Any) -> None:
+    """A figure counts only if its publisher finished cleanly."""
+    process.join(30)
+    if process.exitcode != 0:
+        raise RuntimeError(f"the publisher process ended with exit code {process.exitcode}")
 
 
 def wait_started(started: Any, timeout: float = 30) -> float:
@@ -185,7 +195,7 @@ def mqtt_ceiling(
     finished = done.wait(timeout)
     client.loop_stop()
     client.disconnect()
-    process.join(30)
+    join_publisher(process)
     if not finished:
         raise RuntimeError(f"MQTT ceiling: {received} of {count} within {timeout} s")
     return last - float(started.value)
@@ -267,7 +277,8 @@ def bridge_run(
                 raise RuntimeError(
                     f"bridge: {forwarded():.0f} of {count} within {timeout} s "
                     f"(in flight {len(bridge.uplink.acks)}, mqtt connected "
-                    f"{bridge.mqtt.connected}, publisher alive {process.is_alive()}, "
+                    f"{bridge.mqtt.connected}, publisher alive {process.is_alive()} "
+                    f"(exit code {process.exitcode}), "
                     f"paho wants to write {bridge.mqtt._paho.want_write()})"
                 )
             for _ in range(100):
@@ -276,7 +287,7 @@ def bridge_run(
         t0 = wait_started(started)
         for _ in range(100):  # let the last acks out before the publisher is joined
             bridge.step()
-        process.join(30)
+        join_publisher(process)
         return end - t0
     finally:
         bridge.close()

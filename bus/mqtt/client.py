@@ -23,10 +23,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bus import errors
 from bus.errors import ConfigError, ConnectError, PublishError
+from bus.mqtt import fast_decode
 from bus.mqtt.message import MqttMessage, UserProperties, Will, check_topic_filter
 from bus.mqtt.options import MqttOptions, tls_context
 
 log = logging.getLogger(__name__)
+fast_decode.install()  # paho's PUBLISH decoding, without its per-message cost (see there)
 
 
 Handler = Callable[[MqttMessage], None]

@@ -55,7 +55,14 @@ Configuration:
         level: INFO
 """
 
-JAVA_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+JAVA_OPTS = [
+    "-Xms1g",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:G1HeapRegionSize=16m",
+    "-Djava.awt.headless=true",
+]
 
 
 @dataclass
