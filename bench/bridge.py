@@ -16,8 +16,10 @@ being measured for the interpreter lock. Each figure is the median of `--repeats
 runs from the publisher's (or producer's) first send to the last message delivered. Starts
 its own Mosquitto and Kafka (as the tests do) unless --mqtt-url and --kafka-url are given.
 Every MQTT client of a run (publisher, plain subscriber, bridge) speaks `--protocol`.
-Writes bench/results/bridge.json (bridge-mqtt311.json for 3.1.1); prints the ratio
-bridge / min(ceilings) last.
+Where Linux's /proc is there it also reports the CPU µs per message of each process of the
+median run (bench/cpu.py): on a small machine they all share the cores, and this says whose
+cost a figure is. Writes bench/results/bridge.json (bridge-mqtt311.json for 3.1.1); prints
+the ratio bridge / min(ceilings) last.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
-import statistics
 import tempfile
 import threading
 import time
@@ -43,6 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from rich.console import Console
 from rich.table import Table
 
+from bench.cpu import CpuMeter
 from bus.bridge.bridge import Bridge
 from bus.bridge.config import BridgeConfig, TopicMap
 from bus.log import open_log
@@ -56,6 +58,7 @@ DEVICES = 10
 DISTINCT = 200  # distinct messages per size, cycled: encoding is not what is measured
 WINDOW = 1000  # publisher's un-acked messages; paho's own in-flight limit
 PARTITIONS = 6
+SIDES = ("mqtt", "kafka", "bridge")
 
 
 def messages_for(size: int, fleet: str) -> list[tuple[str, bytes]]:
@@ -319,14 +322,15 @@ def main() -> None:
     console = Console()
     with ExitStack() as stack:
         mqtt_url, kafka_url = args.mqtt_url, args.kafka_url
+        meter = CpuMeter()
         if not (mqtt_url and kafka_url):
-            mqtt_url, kafka_url = start_services(stack, console)
+            mqtt_url, kafka_url, meter.services = start_services(stack, console)
         with console.status("warming up (the Kafka broker's JIT, the caches)"):
             host, port = mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
             bridge_run(mqtt_url, (host, int(port)), kafka_url, 1024, 5000, 120, args.linger_ms)
         sizes = (("1 KB", 1024, args.count_1k), ("100 KB", 100 * 1024, args.count_100k))
         rows = [
-            measure_size(label, size, count, args, mqtt_url, kafka_url, console)
+            measure_size(label, size, count, args, mqtt_url, kafka_url, console, meter)
             for label, size, count in sizes
         ]
     report(console, rows)
@@ -357,6 +361,7 @@ def measure_size(
     mqtt_url: str,
     kafka_url: str,
     console: Console,
+    meter: CpuMeter,
 ) -> dict[str, Any]:
     host, port = mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
     mqtt = (host, int(port))
@@ -372,19 +377,25 @@ def measure_size(
     }
     result: dict[str, Any] = {"size": label, "bytes": nbytes, "messages": count}
     for side, measure in sides.items():
+        runs: list[tuple[float, dict[str, float]]] = []
         with console.status(f"{label}: {side}"):
-            seconds = statistics.median(measure() for _ in range(args.repeats))
+            for _ in range(args.repeats):
+                meter.start()
+                seconds = measure()
+                runs.append((seconds, meter.per_message(count)))
+        seconds, cpu = sorted(runs, key=lambda run: run[0])[len(runs) // 2]  # the median run
         result[side] = {
             "seconds": round(seconds, 4),
             "msg_per_s": round(count / seconds, 1),
             "mb_per_s": round(count * nbytes / seconds / 1e6, 2),
+            "cpu_us_per_msg": cpu,
         }
     ceiling = min(result["mqtt"]["msg_per_s"], result["kafka"]["msg_per_s"])
     result["ratio"] = round(result["bridge"]["msg_per_s"] / ceiling, 3)
     return result
 
 
-def start_services(stack: ExitStack, console: Console) -> tuple[str, str]:
+def start_services(stack: ExitStack, console: Console) -> tuple[str, str, dict[str, int]]:
     from fleetlearn.services.kafka import KafkaService
     from fleetlearn.services.mosquitto import MosquittoService
 
@@ -396,7 +407,12 @@ def start_services(stack: ExitStack, console: Console) -> tuple[str, str]:
         kafka = KafkaService(workdir / "kafka")
         kafka.start()
         stack.callback(kafka.stop)
-    return mosquitto.url, kafka.url
+    pids = {
+        name: service.process.pid
+        for name, service in (("mosquitto", mosquitto), ("kafka", kafka))
+        if service.process
+    }
+    return mosquitto.url, kafka.url, {name: pid for name, pid in pids.items() if pid}
 
 
 def report(console: Console, rows: list[dict[str, Any]]) -> None:
@@ -404,7 +420,7 @@ def report(console: Console, rows: list[dict[str, Any]]) -> None:
     for column in ("size", "side", "msg/s", "MB/s", "seconds"):
         table.add_column(column, justify="right" if column != "side" else "left")
     for row in rows:
-        for side in ("mqtt", "kafka", "bridge"):
+        for side in SIDES:
             figure = row[side]
             table.add_row(
                 row["size"],
@@ -416,6 +432,22 @@ def report(console: Console, rows: list[dict[str, Any]]) -> None:
                 f"{figure['seconds']:.2f}",
             )
     console.print(table)
+    parts = sorted({part for row in rows for side in SIDES for part in row[side]["cpu_us_per_msg"]})
+    if not parts:
+        return
+    cpu = Table(title="CPU µs per message, by process (the median run)")
+    for column in ("size", "side", *parts, "total"):
+        cpu.add_column(column, justify="right" if column != "side" else "left")
+    for row in rows:
+        for side in SIDES:
+            used = row[side]["cpu_us_per_msg"]
+            cpu.add_row(
+                row["size"],
+                side,
+                *(f"{used[part]:,.0f}" if part in used else "" for part in parts),
+                f"{sum(used.values()):,.0f}",
+            )
+    console.print(cpu)
 
 
 if __name__ == "__main__":
