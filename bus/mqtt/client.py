@@ -67,6 +67,11 @@ class PublishHandle:
             self._paho_says_published()
         return self._done.is_set() and self._error is None
 
+    @property
+    def failed(self) -> bool:
+        """The broker refused it, or the client was closed before its PUBACK."""
+        return self._done.is_set() and self._error is not None
+
     def wait(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not self._done.is_set() and not self._paho_says_published():
