@@ -42,6 +42,14 @@ def _reason(exc: KafkaException) -> str:
     return str(exc)
 
 
+def _retriable(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and (
+        error.retriable()
+        or error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+    )
+
+
 class KafkaLog:
     """Topic administration on one cluster, and the factory of its producers and consumers."""
 
@@ -110,17 +118,25 @@ class KafkaLog:
             self.bootstrap, self.options, "consumer", group_id="fleetlearn-watermarks"
         )
         reader = Consumer(config)
+        deadline = time.monotonic() + self.options.timeout_s
         try:
             ends: dict[int, int] = {}
             for p in range(self.partitions(topic)):
-                try:
-                    _, high = reader.get_watermark_offsets(
-                        KafkaTopicPartition(topic, p), timeout=self.options.timeout_s
-                    )
-                except KafkaException as exc:
-                    raise LogError(
-                        f"end offset of {topic}[{p}] on {self.bootstrap}: {_reason(exc)}"
-                    ) from exc
+                while True:
+                    try:
+                        _, high = reader.get_watermark_offsets(
+                            KafkaTopicPartition(topic, p), timeout=self.options.timeout_s
+                        )
+                        break
+                    except KafkaException as exc:
+                        # Just after a topic is created its leader may not be known yet
+                        # (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE): asked again, it is.
+                        if _retriable(exc) and time.monotonic() < deadline:
+                            time.sleep(0.1)
+                            continue
+                        raise LogError(
+                            f"end offset of {topic}[{p}] on {self.bootstrap}: {_reason(exc)}"
+                        ) from exc
                 ends[p] = int(high)
             return ends
         finally:
