@@ -10,7 +10,6 @@ never scans the table, and the oldest samples go first.
 from __future__ import annotations
 
 import math
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bus.errors import ConfigError, ValidationError
+from edge_agent.sqlite_file import open_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -83,14 +83,7 @@ class SampleBuffer:
         self.path = path
         self.max_rows = max_rows
         self.max_bytes = max_bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT).
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a killed process loses nothing committed; a power cut may lose the newest
-        # commits but never corrupts the file. FULL also survives power cuts, at an fsync each.
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.executescript(SCHEMA)
+        self._db = open_wal(path, SCHEMA, synchronous=synchronous.upper())
 
     # -- writing -----------------------------------------------------------------------------
 

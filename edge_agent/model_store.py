@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bus.errors import ValidationError
 from bus.protocol import ReleaseManifest
+from bus.store.file import fsync_dir
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,11 @@ class ModelStore:
             _write_synced(
                 staging / "release.json", manifest.model_dump_json(by_alias=True).encode()
             )
-            _fsync_dir(staging)
+            fsync_dir(staging)
             if target.exists():  # the same version again: replace what may be a broken copy
                 shutil.rmtree(target)
             os.replace(staging, target)
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -130,17 +131,9 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _point(link: Path, target: str) -> None:
     """Replace a symlink atomically: a new link beside it, renamed over it."""
     staging = link.with_name(f".{link.name}-{uuid.uuid4().hex[:8]}")
     os.symlink(target, staging)
     os.replace(staging, link)
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)

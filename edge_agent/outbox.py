@@ -9,13 +9,13 @@ between PUBACK and delete sends one twice, which receivers absorb by message id.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bus.errors import ConfigError, PublishError, ValidationError
 from bus.mqtt import MqttClient, PublishHandle
+from edge_agent.sqlite_file import open_wal
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,7 @@ class Outbox:
         self.path = path
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # an update is worth an fsync
-        self._db.executescript(SCHEMA)
+        self._db = open_wal(path, SCHEMA, synchronous="FULL")  # an update is worth an fsync
 
     def put(self, topic: str, payload: bytes, message_id: str) -> bool:
         """Keep an update until acknowledged; False if this message id is already kept."""

@@ -50,7 +50,7 @@ class FileStore:
             except BaseException:
                 Path(temp).unlink(missing_ok=True)
                 raise
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             raise ObjectStoreError(f"put {key!r} into {self.root} failed: {exc}") from exc
         return ObjectInfo(key, size, digest.hexdigest(), etag=digest.hexdigest())
@@ -122,7 +122,8 @@ def _chunks(data: bytes | BinaryIO) -> Iterable[bytes]:
     return iter(lambda: data.read(CHUNK), b"")
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
