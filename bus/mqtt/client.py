@@ -8,7 +8,9 @@ the caller calls `loop()` itself, e.g. between Kafka polls in the bridge's singl
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -517,9 +519,15 @@ class MqttClient:
         self._closed = True
         sock = self._paho.socket()
         if sock is not None:
-            sock.close()
+            # shutdown() first: it reaches the broker at once and wakes the loop thread's
+            # select. Closing the descriptor under that thread instead leaves it polling a
+            # number the process may hand to another socket, and the broker may not hear.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         if self.threaded:
             self._paho.loop_stop()
+        if sock is not None:
+            sock.close()
         self._connected.clear()
         self._fail_pending("the connection was aborted")
 

@@ -22,6 +22,12 @@ import sys
 from bus.log import open_log
 url, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 producer = open_log(url).producer()
+if len(sys.argv) > 4:  # a start gate: say ready, then wait for the go file
+    import pathlib, time
+    gate = pathlib.Path(sys.argv[4])
+    gate.with_suffix(f".{tag}").touch()
+    while not gate.exists():
+        time.sleep(0.005)
 def remember(value):
     def report(r):
         assert r.error is None, r.error
@@ -39,9 +45,11 @@ producer.close()
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _spawn(url: str, tag: str, count: int, *, acks: bool = True) -> subprocess.Popen[str]:
+def _spawn(
+    url: str, tag: str, count: int, *, acks: bool = True, gate: Path | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, url, tag, str(count)],
+        [sys.executable, "-c", PRODUCER, url, tag, str(count), *([str(gate)] if gate else [])],
         stdout=subprocess.PIPE if acks else subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
@@ -95,7 +103,16 @@ def test_acknowledged_records_survive_kill_9(log: SqliteLog) -> None:
 
 def test_two_producer_processes_and_a_consumer_share_one_file(log: SqliteLog) -> None:
     count = 20_000
-    processes = [_spawn(f"sqlite://{log.path}", tag, count, acks=False) for tag in ("a", "b")]
+    gate = log.path.parent / "go"
+    processes = [
+        _spawn(f"sqlite://{log.path}", tag, count, acks=False, gate=gate) for tag in ("a", "b")
+    ]
+    deadline = time.monotonic() + 60  # both started and opened the log: then they go together
+    while not all(gate.with_suffix(f".{t}").exists() for t in "ab"):
+        assert time.monotonic() < deadline, "the producers did not start"
+        assert all(p.poll() is None for p in processes), "a producer exited before the start"
+        time.sleep(0.01)
+    gate.touch()
     consumer = log.consumer("live")
     consumer.subscribe(["events"])
     seen: list[Record] = []
