@@ -27,10 +27,19 @@ class Installed:
     directory: Path
     manifest: ReleaseManifest
 
+    def has(self, fmt: str) -> bool:
+        return any(
+            f.format == fmt and (self.directory / f.name).is_file() for f in self.manifest.files
+        )
+
     def file(self, fmt: str) -> Path:
         """The installed file of a format ("onnx" or "tflite"), int8 preferred on a device."""
         candidates = sorted(
-            (f for f in self.manifest.files if f.format == fmt),
+            (
+                f
+                for f in self.manifest.files
+                if f.format == fmt and (self.directory / f.name).is_file()
+            ),
             key=lambda f: f.quantization != "int8",
         )
         if not candidates:
@@ -53,7 +62,8 @@ class ModelStore:
         staging.mkdir()
         try:
             for spec in manifest.files:
-                _write_synced(staging / spec.name, files[spec.name])
+                if spec.name in files:  # a device fetches only the files it uses
+                    _write_synced(staging / spec.name, files[spec.name])
             _write_synced(
                 staging / "release.json", manifest.model_dump_json(by_alias=True).encode()
             )
@@ -86,6 +96,13 @@ class ModelStore:
         _point(model_dir / "current", previous.directory.name)
         (model_dir / "previous").unlink(missing_ok=True)
         return previous
+
+    def installed(self, model: str, version: int) -> Installed | None:
+        """A version on disk, active or not (a round's base may be the previous one)."""
+        directory = self.root / model / f"v{version}"
+        if not (directory / "release.json").is_file():
+            return None
+        return self._load(model, directory)
 
     def active(self, model: str) -> Installed | None:
         return self._link(model, "current")

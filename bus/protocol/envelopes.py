@@ -204,6 +204,13 @@ class DataBatch(Envelope):
     label_names: Annotated[tuple[Text, ...], Field(max_length=1024)] | None = None
 
 
+class RejectedRelease(_Strict):
+    """The newest release a device refused, and why: fleet operators see it in the status."""
+
+    version: Count
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
 class Status(Envelope):
     """A heartbeat; the Last Will is one with `online=False`."""
 
@@ -221,6 +228,7 @@ class Status(Envelope):
     on_battery: bool | None = None
     agent_version: Annotated[str, StringConstraints(max_length=64)] = ""
     uptime_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    rejected_release: RejectedRelease | None = None
 
 
 class TrainingConfig(_Strict):
@@ -254,10 +262,14 @@ class RoundAnnouncement(Envelope):
 
 
 class ModelFile(_Strict):
-    """One released file; `url=None` means it rides inline as a U8 tensor named `name`."""
+    """One released file; `url=None` means it rides inline as a U8 tensor named `name`.
+
+    `weights` is the model's parameters with its architecture (models.workflow's weights file):
+    what a device that trains starts each round from. Inference-only devices do not fetch it.
+    """
 
     name: FileName
-    format: Literal["onnx", "tflite"]
+    format: Literal["onnx", "tflite", "weights"]
     quantization: Literal["fp32", "int8"]
     sha256: Sha256
     size: Count
