@@ -6,6 +6,7 @@ import typer
 
 from fleetlearn.bridge_cli import bridge_app
 from fleetlearn.demo.cli import demo_command
+from fleetlearn.edge_cli import edge_app
 from fleetlearn.inspect import inspect_command
 from fleetlearn.models_cli import models_app
 from fleetlearn.services.cli import services_app
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.command("demo")(demo_command)
 app.command("inspect")(inspect_command)
 app.add_typer(bridge_app, name="bridge")
+app.add_typer(edge_app, name="edge")
 app.add_typer(models_app, name="models")
 app.add_typer(services_app, name="services")
 

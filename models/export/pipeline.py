@@ -156,6 +156,8 @@ def check_directory(directory: Path) -> list[ParityReport]:
     reference = torch_logits(loaded.module, split.test.x)
     reports = []
     for entry in manifest.files:
+        if entry.format == "weights":  # parameters, not a file a runtime runs
+            continue
         path = directory / entry.name
         for runner in _runners(path, entry.format):
             reports.append(_checked(runner, reference, request, entry.quantization))
