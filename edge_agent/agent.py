@@ -234,7 +234,10 @@ class EdgeAgent:
                 message = self._events.get(timeout=0.1)
             except queue.Empty:
                 continue
-            self._dispatch(message)
+            try:
+                self._dispatch(message)
+            except Exception:  # one message must not end the device's service
+                log.exception("message handling failed", extra={"topic": message.topic})
 
     def step(self) -> None:
         now = time.monotonic()
@@ -433,7 +436,7 @@ class EdgeAgent:
     # -- commands ----------------------------------------------------------------------------
 
     def _on_command(self, command: Command) -> None:
-        log.info("command", extra={"command": str(command.command), "args": command.args})
+        log.info("command", extra={"command": str(command.command), "arguments": command.args})
         if command.command is CommandName.ROLLBACK:
             outcome = self.models.rollback()
             log.info("rollback", extra={"outcome": outcome.action, "reason": outcome.reason})

@@ -39,6 +39,10 @@ class Predictor:
             "float32" if signature["dtype"] in {"float", "int8", "uint8"} else signature["dtype"]
         )
         self.width = math.prod(self.input_shape)
+        # A device calls `predict` once per sample, where a few Python steps are a visible part
+        # of a small model's latency: what can be decided once is decided here.
+        self._run = runner.run
+        self._one_row = (1, *self.input_shape)
 
     @property
     def version(self) -> int:
@@ -46,18 +50,25 @@ class Predictor:
 
     def predict(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
         rows = np.asarray(features)
-        if rows.ndim == 1:
-            rows = rows[None]
-        if rows.ndim != 2 or rows.shape[1] != self.width:
+        shape = rows.shape
+        if len(shape) == 1 and shape[0] == self.width:  # one sample: the common call
+            shaped = rows.reshape(self._one_row)
+        elif len(shape) == 2 and shape[1] == self.width:
+            shaped = rows.reshape((shape[0], *self.input_shape))
+        else:
             raise ValidationError(
                 f"expected rows of {self.width} features (model input {self.input_shape}), "
-                f"got shape {rows.shape}",
+                f"got shape {(1, *shape) if len(shape) == 1 else shape}",
                 where="features",
             )
-        shaped = rows.reshape((rows.shape[0], *self.input_shape))
+        if rows.dtype is not self.input_dtype:  # `is`: a dtype equal but not identical converts
+            shaped = self._convert(shaped)
+        return self._run(shaped)
+
+    def _convert(self, shaped: npt.NDArray[Any]) -> npt.NDArray[Any]:
         if self.input_dtype.kind in "iu":
             shaped = np.rint(shaped)
-        return self._runner.run(shaped.astype(self.input_dtype, copy=False))
+        return shaped.astype(self.input_dtype, copy=False)
 
     def classify(self, features: npt.ArrayLike) -> Prediction:
         logits = self.predict(features)

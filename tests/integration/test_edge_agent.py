@@ -19,6 +19,8 @@ from bus.mqtt import connect_mqtt
 from bus.protocol import (
     CodecName,
     CodecSpec,
+    Command,
+    CommandName,
     ModelUpdate,
     RoundAnnouncement,
     Sampling,
@@ -27,7 +29,7 @@ from bus.protocol import (
     encode_message,
     encode_update,
 )
-from bus.topics import default_prefix, release_topic, rounds_topic, update_topic
+from bus.topics import cmd_topic, default_prefix, release_topic, rounds_topic, update_topic
 from edge_agent.outbox import Outbox
 from fleetlearn.services.mosquitto import MosquittoService
 from models.registry import build_model
@@ -105,8 +107,12 @@ def announce(broker_url: str, fleet: str, round_id: str, *, base_version: int = 
 
 
 def retain(broker_url: str, topic: str, payload: bytes) -> None:
+    send(broker_url, topic, payload, retain=True)
+
+
+def send(broker_url: str, topic: str, payload: bytes, *, retain: bool = False) -> None:
     client = connect_mqtt(broker_url, client_id=unique("cloud"))
-    client.publish(topic, payload, retain=True).wait(10)
+    client.publish(topic, payload, retain=retain).wait(10)
     client.close()
 
 
@@ -157,6 +163,12 @@ def test_round_update_and_a_rejected_release(tmp_path: Path, mosquitto: Any) -> 
         assert status.model_version == 1  # the old model still serves
         assert status.rejected_release is not None
         assert "non-finite" in status.rejected_release.reason
+
+        retain(mosquitto.url, release_topic(prefix, MODEL), release(tmp_path, 3))
+        assert status_says(watcher, lambda s: s.model_version == 3, 60), agent.tail()
+        rollback = Command(fleet=fleet, device_id="pi-1", command=CommandName.ROLLBACK)
+        send(mosquitto.url, cmd_topic(prefix, "pi-1"), encode_message(rollback))
+        assert status_says(watcher, lambda s: s.model_version == 1, 30), agent.tail()
         assert watcher.undecodable == []
     finally:
         assert agent.stop() == 0, agent.tail()
@@ -210,12 +222,19 @@ def test_sigkill_while_publishing_loses_no_update(tmp_path: Path, mosquitto: Any
     fleet = unique("farm")
     prefix = default_prefix(fleet)
     sent = queued_updates(tmp_path / "data", fleet, 400, 25_000)  # 100 KB each
-    watcher = Watcher(mosquitto.url, f"{prefix}/devices/+/update")
+    watcher = Watcher(mosquitto.url, f"{prefix}/devices/#")
     config = device(tmp_path, mosquitto.url, fleet=fleet, collectors=[], outbox={"window": 4})
     agent = AgentProcess(config)
     try:
         assert eventually(lambda: len(watcher.of("update")) >= 20, 60), agent.tail()
         agent.kill()
+        assert eventually(  # the Last Will: the broker says the device is gone
+            lambda: any(
+                isinstance(m.envelope, Status) and not m.envelope.online
+                for m in watcher.of("status")
+            ),
+            30,
+        )
         before_restart = {m.envelope.id for m in watcher.of("update")}
         assert before_restart < sent  # killed mid-way
         agent = AgentProcess(config)

@@ -61,3 +61,22 @@ def test_device_extra_stays_slim() -> None:
     for requirement in extras["edge"]:
         assert not requirement.startswith(heavy), f"edge extra pulls in {requirement}"
     assert any(r.startswith("torch") for r in extras["edge-train"])
+
+
+def test_an_inference_only_device_runs_the_agent_without_torch() -> None:
+    """What a Pi with only the `edge` extra imports for `fleetlearn edge run`: no torch, no
+    Kafka client, no boto3 (set to None in sys.modules, so importing one fails)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'confluent_kafka', 'boto3', 'botocore', 'sklearn', 'jax'):\n"
+        "    sys.modules[name] = None\n"
+        "import fleetlearn.cli, fleetlearn.edge_cli, edge_agent.agent, edge_agent.collectors\n"
+        "from edge_agent.agent import EdgeAgent\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
