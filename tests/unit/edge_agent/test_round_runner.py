@@ -1,0 +1,121 @@
+"""A round's update is encoded with the codec the round announced, and decodes to the delta."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bus.protocol import (
+    CodecName,
+    CodecSpec,
+    ModelUpdate,
+    RoundAnnouncement,
+    TrainingConfig,
+    decode_message,
+)
+from edge_agent.buffer import Window
+from edge_agent.round_runner import run_round
+from models.release import WEIGHTS_NAME, model_files
+from tests.unit.edge_agent.release_helpers import CLASSES, WIDTH, mlp
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    module, config = mlp(3)
+    directory = tmp_path_factory.mktemp("release")
+    model_files(
+        module,
+        architecture="mlp",
+        config=config,
+        example=np.zeros((1, WIDTH), np.float32),
+        directory=directory,
+    )
+    return directory / WEIGHTS_NAME
+
+
+def window(rows: int = 96) -> Window:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, CLASSES, rows)
+    features = rng.normal(size=(rows, WIDTH)).astype(np.float32) + labels[:, None]
+    return Window(features.astype(np.float32), labels.astype(np.float32))
+
+
+def announcement(codec: CodecSpec, compression: str = "none") -> RoundAnnouncement:
+    return RoundAnnouncement(
+        fleet="farm",
+        round_id="r7",
+        model="har",
+        base_version=4,
+        deadline=time.time() + 60,
+        training=TrainingConfig(
+            epochs=2, batch_size=16, learning_rate=0.1, codec=codec, compression=compression
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("codec", "tolerance"),
+    [
+        (CodecSpec(name=CodecName.FP32), 0.0),
+        (CodecSpec(name=CodecName.FP16), 1e-3),
+        (CodecSpec(name=CodecName.INT8), 0.02),
+    ],
+    ids=["fp32", "fp16", "int8"],
+)
+def test_dense_codecs_decode_to_the_trained_delta(
+    weights: Path, codec: CodecSpec, tolerance: float
+) -> None:
+    reference, _ = run_round(
+        announcement(CodecSpec(name=CodecName.FP32)),
+        device_id="pi-1",
+        weights=weights,
+        window=window(),
+        accountant=None,
+        residual=None,
+    )
+    exact = decode_message(reference.payload).tensors
+    update, residual = run_round(
+        announcement(codec, "zstd"),
+        device_id="pi-1",
+        weights=weights,
+        window=window(),
+        accountant=None,
+        residual=None,
+    )
+    message = decode_message(update.payload)
+    header = message.envelope
+    assert isinstance(header, ModelUpdate)
+    assert header.id == update.message_id
+    assert header.codec == codec
+    assert (header.round_id, header.base_version, header.num_examples) == ("r7", 4, 96)
+    assert header.payload is not None
+    assert header.payload.compression == "zstd"
+    assert residual is None
+    for name, value in exact.items():
+        scale = float(np.abs(value).max()) or 1.0
+        assert np.abs(message.tensors[name] - value).max() <= tolerance * scale + 1e-7, name
+    assert any(np.abs(v).max() > 0 for v in exact.values())
+
+
+def test_topk_sends_a_share_and_keeps_the_rest_for_next_time(weights: Path) -> None:
+    codec = CodecSpec(name=CodecName.TOPK, topk_ratio=0.1)
+    update, residual = run_round(
+        announcement(codec),
+        device_id="pi-1",
+        weights=weights,
+        window=window(),
+        accountant=None,
+        residual=None,
+    )
+    decoded = decode_message(update.payload).tensors
+    assert residual is not None
+    for name, sent in decoded.items():
+        if sent.dtype.kind != "f":
+            continue
+        nonzero = int(np.count_nonzero(sent))
+        assert nonzero <= max(1, int(np.ceil(0.1 * sent.size)))
+        # what was sent plus what is kept is the whole delta
+        assert np.count_nonzero(residual[name][sent != 0]) == 0
