@@ -77,7 +77,7 @@ def train_local(
     when `fedprox_mu` > 0. `seed` fixes shuffling and dropout (torch's global RNG is left as it
     was). With `clip_norm` the delta is clipped and noised (see edge_agent.privacy); the noise
     comes from OS entropy unless `noise_seed` is given (tests only: known noise is no noise), and
-    a noised release is recorded in `accountant` before this returns. Raises TrainingInterrupted
+    every release is recorded in `accountant` before this returns. Raises TrainingInterrupted
     when `stop` is set between steps, TrainingDiverged on a NaN/Inf loss or update.
     """
     if config.noise_multiplier and config.clip_norm is None:
@@ -95,14 +95,16 @@ def train_local(
     if not math.isfinite(loss_after):
         raise TrainingDiverged(f"loss after {steps} steps is {loss_after}; lower learning_rate")
     delta = parameter_delta(get_parameters(work), base)
-    privacy = None
+    noise = None
     if config.clip_norm is None:
         norm = global_norm(delta)
     else:
         rng = np.random.default_rng(noise_seed)
         delta, norm = clip_and_noise(delta, config.clip_norm, config.noise_multiplier, rng)
-        if accountant is not None and config.noise_multiplier:
-            privacy = accountant.spend(config.noise_multiplier)
+        noise = config.noise_multiplier
+    # Every release is recorded: one without noise voids the guarantee for good (spend returns
+    # None from then on), so a later noised round never reports an ε that the earlier leak broke.
+    privacy = accountant.spend(noise) if accountant is not None else None
     if not math.isfinite(norm):
         raise TrainingDiverged(f"the update norm after {steps} steps is {norm}")
     metrics = {

@@ -237,3 +237,16 @@ def test_same_seed_same_delta() -> None:
     for name in first.delta:
         np.testing.assert_array_equal(first.delta[name], second.delta[name])
     assert any(not np.array_equal(first.delta[n], other.delta[n]) for n in first.delta)
+
+
+def test_a_release_without_noise_voids_the_guarantee_for_good(tmp_path: Path) -> None:
+    accountant = PrivacyAccountant(tmp_path / "privacy.json", delta=1e-5)
+    plain = train_local(model(), blobs(), TrainingConfig(epochs=1), accountant=accountant)
+    assert plain.privacy is None
+    noised = TrainingConfig(epochs=1, clip_norm=1.0, noise_multiplier=1.0)
+    later = train_local(model(), blobs(), noised, accountant=accountant, noise_seed=1)
+    assert later.privacy is None  # the earlier un-noised update already leaked
+    fresh = PrivacyAccountant(tmp_path / "other.json", delta=1e-5)
+    first = train_local(model(), blobs(), noised, accountant=fresh, noise_seed=1)
+    assert first.privacy is not None
+    assert math.isfinite(first.privacy.epsilon)
