@@ -48,6 +48,13 @@ def input_shape(architecture: str, config: dict[str, object], width: int) -> tup
     return (width,)
 
 
+def update_id(announcement: RoundAnnouncement, device_id: str) -> str:
+    """One id per device and round: a round trained again after a crash (between the outbox
+    write and the round ledger's) yields the same id, which the outbox and the cloud drop."""
+    key = f"{announcement.fleet}:{announcement.model}:{announcement.round_id}:{device_id}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 def run_round(
     announcement: RoundAnnouncement,
     *,
@@ -73,6 +80,7 @@ def run_round(
         stop=stop,
     )
     header = ModelUpdate(
+        id=update_id(announcement, device_id),
         fleet=announcement.fleet,
         device_id=device_id,
         round_id=announcement.round_id,

@@ -119,3 +119,33 @@ def test_topk_sends_a_share_and_keeps_the_rest_for_next_time(weights: Path) -> N
         assert nonzero <= max(1, int(np.ceil(0.1 * sent.size)))
         # what was sent plus what is kept is the whole delta
         assert np.count_nonzero(residual[name][sent != 0]) == 0
+
+
+def test_a_round_trained_twice_yields_one_message_id(weights: Path) -> None:
+    """A crash between queueing the update and noting the round trains it again on restart."""
+    first, _ = run_round(
+        announcement(CodecSpec(name=CodecName.FP32)),
+        device_id="pi-1",
+        weights=weights,
+        window=window(),
+        accountant=None,
+        residual=None,
+    )
+    again, _ = run_round(
+        announcement(CodecSpec(name=CodecName.FP32)),
+        device_id="pi-1",
+        weights=weights,
+        window=window(64),
+        accountant=None,
+        residual=None,
+    )
+    other, _ = run_round(
+        announcement(CodecSpec(name=CodecName.FP32)),
+        device_id="pi-2",
+        weights=weights,
+        window=window(),
+        accountant=None,
+        residual=None,
+    )
+    assert first.message_id == again.message_id
+    assert other.message_id != first.message_id
