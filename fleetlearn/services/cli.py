@@ -38,11 +38,13 @@ def _names(names: list[str] | None) -> tuple[str, ...]:
 
 @services_app.command("install")
 def install_command() -> None:
-    """Install Mosquitto (apt), resolve the Kafka jars (Maven) and build MinIO (go), once."""
+    """Install Mosquitto (apt), resolve the Kafka jars (Maven), build MinIO (go), and the
+    shellcheck the tests lint the device install script with (apt); each once."""
     steps = {
         "mosquitto": install.ensure_mosquitto,
         "kafka": install.ensure_kafka_libs,
         "minio": install.ensure_minio,
+        "shellcheck": install.ensure_shellcheck,
     }
     for name, step in steps.items():
         with console.status(f"installing {name}…"):

@@ -50,15 +50,32 @@ def mosquitto_binary() -> Path:
     return Path(found)
 
 
+def _apt_install(package: str) -> None:
+    _run(["apt-get", "update", "-qq"], "apt-get update")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run(["apt-get", "install", "-y", "-qq", package], f"apt-get install {package}", env)
+
+
+def ensure_shellcheck() -> Path:
+    """The device install script is linted by the tests, as the Python code is."""
+    found = shutil.which("shellcheck")
+    if found is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            raise ServiceError("shellcheck is not installed: apt-get install shellcheck")
+        _apt_install("shellcheck")
+        found = shutil.which("shellcheck")
+    if found is None:
+        raise ServiceError("apt-get install shellcheck finished but shellcheck is not on PATH")
+    return Path(found)
+
+
 def ensure_mosquitto() -> Path:
     try:
         return mosquitto_binary()
     except ServiceError:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             raise
-    _run(["apt-get", "update", "-qq"], "apt-get update")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "install", "-y", "-qq", "mosquitto"], "apt-get install mosquitto", env)
+    _apt_install("mosquitto")
     # Debian starts a system broker on 1883; ours run on their own ports, so stop it if it runs.
     subprocess.run(["service", "mosquitto", "stop"], capture_output=True, check=False)
     return mosquitto_binary()
@@ -122,4 +139,5 @@ def ensure_all() -> dict[str, Path]:
         "mosquitto": ensure_mosquitto(),
         "kafka": ensure_kafka_libs(),
         "minio": ensure_minio(),
+        "shellcheck": ensure_shellcheck(),
     }
