@@ -522,8 +522,10 @@ class MqttClient:
             # shutdown() first: it reaches the broker at once and wakes the loop thread's
             # select. Closing the descriptor under that thread instead leaves it polling a
             # number the process may hand to another socket, and the broker may not hear.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            shutdown = getattr(sock, "shutdown", None)  # paho types it as a bare SocketLike
+            if shutdown is not None:
+                with contextlib.suppress(OSError):
+                    shutdown(socket.SHUT_RDWR)
         if self.threaded:
             self._paho.loop_stop()
         if sock is not None:
