@@ -7,6 +7,7 @@ to shape them, so a 6 × 100 sensor window and a 30-column table go through the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ class Predictor:
         self.width = math.prod(self.input_shape)
         # A device calls `predict` once per sample, where a few Python steps are a visible part
         # of a small model's latency: what can be decided once is decided here.
-        self._run = runner.run
+        self._run: Callable[[npt.NDArray[Any]], npt.NDArray[np.float32]] = runner.run
         self._one_row = (1, *self.input_shape)
 
     @property

@@ -38,9 +38,11 @@ class OnnxRunner:
                 f"onnxruntime cannot load {path.name}: {exc}", where=str(path)
             ) from exc
         self._input = self._session.get_inputs()[0].name
+        # Named, not None: onnxruntime then skips listing every output on each call.
+        self._outputs = [self._session.get_outputs()[0].name]
 
     def run(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        out = self._session.run(None, {self._input: np.ascontiguousarray(x)})[0]
+        out = self._session.run(self._outputs, {self._input: np.ascontiguousarray(x)})[0]
         return np.asarray(out, dtype=np.float32)
 
     def signature(self) -> dict[str, list[dict[str, Any]]]:
