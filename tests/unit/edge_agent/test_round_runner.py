@@ -16,8 +16,9 @@ from bus.protocol import (
     TrainingConfig,
     decode_message,
 )
+from bus.protocol.codecs import Residual
 from edge_agent.buffer import Window
-from edge_agent.round_runner import run_round
+from edge_agent.round_runner import RoundUpdate, run_round
 from models.release import WEIGHTS_NAME, model_files
 from tests.unit.edge_agent.release_helpers import CLASSES, WIDTH, mlp
 
@@ -56,6 +57,24 @@ def announcement(codec: CodecSpec, compression: str = "none") -> RoundAnnounceme
     )
 
 
+def train(
+    weights: Path,
+    codec: CodecSpec,
+    *,
+    compression: str = "none",
+    device_id: str = "pi-1",
+    rows: int = 96,
+) -> tuple[RoundUpdate, Residual | None]:
+    return run_round(
+        announcement(codec, compression),
+        device_id=device_id,
+        weights=weights,
+        window=window(rows),
+        accountant=None,
+        residual=None,
+    )
+
+
 @pytest.mark.parametrize(
     ("codec", "tolerance"),
     [
@@ -68,23 +87,9 @@ def announcement(codec: CodecSpec, compression: str = "none") -> RoundAnnounceme
 def test_dense_codecs_decode_to_the_trained_delta(
     weights: Path, codec: CodecSpec, tolerance: float
 ) -> None:
-    reference, _ = run_round(
-        announcement(CodecSpec(name=CodecName.FP32)),
-        device_id="pi-1",
-        weights=weights,
-        window=window(),
-        accountant=None,
-        residual=None,
-    )
+    reference, _ = train(weights, CodecSpec(name=CodecName.FP32))
     exact = decode_message(reference.payload).tensors
-    update, residual = run_round(
-        announcement(codec, "zstd"),
-        device_id="pi-1",
-        weights=weights,
-        window=window(),
-        accountant=None,
-        residual=None,
-    )
+    update, residual = train(weights, codec, compression="zstd")
     message = decode_message(update.payload)
     header = message.envelope
     assert isinstance(header, ModelUpdate)
@@ -102,14 +107,7 @@ def test_dense_codecs_decode_to_the_trained_delta(
 
 def test_topk_sends_a_share_and_keeps_the_rest_for_next_time(weights: Path) -> None:
     codec = CodecSpec(name=CodecName.TOPK, topk_ratio=0.1)
-    update, residual = run_round(
-        announcement(codec),
-        device_id="pi-1",
-        weights=weights,
-        window=window(),
-        accountant=None,
-        residual=None,
-    )
+    update, residual = train(weights, codec)
     decoded = decode_message(update.payload).tensors
     assert residual is not None
     for name, sent in decoded.items():
@@ -123,29 +121,8 @@ def test_topk_sends_a_share_and_keeps_the_rest_for_next_time(weights: Path) -> N
 
 def test_a_round_trained_twice_yields_one_message_id(weights: Path) -> None:
     """A crash between queueing the update and noting the round trains it again on restart."""
-    first, _ = run_round(
-        announcement(CodecSpec(name=CodecName.FP32)),
-        device_id="pi-1",
-        weights=weights,
-        window=window(),
-        accountant=None,
-        residual=None,
-    )
-    again, _ = run_round(
-        announcement(CodecSpec(name=CodecName.FP32)),
-        device_id="pi-1",
-        weights=weights,
-        window=window(64),
-        accountant=None,
-        residual=None,
-    )
-    other, _ = run_round(
-        announcement(CodecSpec(name=CodecName.FP32)),
-        device_id="pi-2",
-        weights=weights,
-        window=window(),
-        accountant=None,
-        residual=None,
-    )
+    first, _ = train(weights, CodecSpec(name=CodecName.FP32))
+    again, _ = train(weights, CodecSpec(name=CodecName.FP32), rows=64)
+    other, _ = train(weights, CodecSpec(name=CodecName.FP32), device_id="pi-2")
     assert first.message_id == again.message_id
     assert other.message_id != first.message_id
