@@ -38,6 +38,7 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 TensorName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Xxh3 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
 Metrics = dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], Finite]
@@ -117,11 +118,17 @@ class _Strict(BaseModel):
 
 
 class PayloadInfo(_Strict):
-    """The inline payload as it travels: its size, its hash, and how to unpack it."""
+    """The inline payload as it travels: its size, its checksum, and how to unpack it.
+
+    The checksum guards against corruption, not forgery (the sender computes it), so it is
+    XXH3-128, which reads at memory speed, rather than sha256, which would cost an aggregator
+    several times the arithmetic it does on the same bytes. Authenticity lives elsewhere: release
+    files are named by sha256 in the signed manifest, claim checks by sha256 in `PayloadRef`.
+    """
 
     length: Count
     raw_length: Count
-    sha256: Sha256
+    xxh3_128: Xxh3
     compression: Compression
 
 

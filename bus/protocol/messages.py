@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pydantic
+import xxhash
 import zstandard
 
 from bus.errors import FrameError, ValidationError
@@ -103,7 +104,7 @@ def _payload_info(raw: bytes, payload: bytes, compressed: bool) -> PayloadInfo:
     return PayloadInfo(
         length=len(payload),
         raw_length=len(raw),
-        sha256=hashlib.sha256(payload).hexdigest(),
+        xxh3_128=xxhash.xxh3_128_hexdigest(payload),
         compression="zstd" if compressed else "none",
     )
 
@@ -157,8 +158,10 @@ def decode_message(
     frame, envelope = _open(data, limits)
     tensors: Tensors = {}
     if envelope.payload is not None:
-        if hashlib.sha256(frame.payload).hexdigest() != envelope.payload.sha256:
-            raise ValidationError("does not match the payload bytes", where="header.payload.sha256")
+        if xxhash.xxh3_128_hexdigest(frame.payload) != envelope.payload.xxh3_128:
+            raise ValidationError(
+                "does not match the payload bytes", where="header.payload.xxh3_128"
+            )
         raw = (
             _decompress(frame.payload, envelope.payload.raw_length)
             if frame.compressed

@@ -440,7 +440,7 @@ def test_building_a_bad_header_in_python_fails_at_once() -> None:
             fleet="f",
             device_id="d",
             online=True,
-            payload=PayloadInfo(length=1, raw_length=1, sha256="0" * 64, compression="none"),
+            payload=PayloadInfo(length=1, raw_length=1, xxh3_128="0" * 32, compression="none"),
             payload_ref=PayloadRef(url="s3://b/k", sha256="0" * 64, length=1),
         )
 
