@@ -7,6 +7,7 @@ consumers never auto-commit: offsets move only when the caller commits what it h
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -57,6 +58,8 @@ class KafkaLog:
         self.bootstrap = bootstrap
         self.options = options or KafkaOptions()
         self._admin = AdminClient(kafka_config(bootstrap, self.options, "admin"))
+        self._watermarks: Consumer | None = None  # one reader for every end_offsets call
+        self._watermarks_lock = threading.Lock()
 
     @property
     def max_message_bytes(self) -> int:
@@ -114,33 +117,35 @@ class KafkaLog:
         return count
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        config = kafka_config(
-            self.bootstrap, self.options, "consumer", group_id="fleetlearn-watermarks"
-        )
-        reader = Consumer(config)
+        with self._watermarks_lock:
+            if self._watermarks is None:
+                config = kafka_config(
+                    self.bootstrap, self.options, "consumer", group_id="fleetlearn-watermarks"
+                )
+                self._watermarks = Consumer(config)
+            return self._end_offsets(self._watermarks, topic)
+
+    def _end_offsets(self, reader: Consumer, topic: str) -> dict[int, int]:
         deadline = time.monotonic() + self.options.timeout_s
-        try:
-            ends: dict[int, int] = {}
-            for p in range(self.partitions(topic)):
-                while True:
-                    try:
-                        _, high = reader.get_watermark_offsets(
-                            KafkaTopicPartition(topic, p), timeout=self.options.timeout_s
-                        )
-                        break
-                    except KafkaException as exc:
-                        # Just after a topic is created its leader may not be known yet
-                        # (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE): asked again, it is.
-                        if _retriable(exc) and time.monotonic() < deadline:
-                            time.sleep(0.1)
-                            continue
-                        raise LogError(
-                            f"end offset of {topic}[{p}] on {self.bootstrap}: {_reason(exc)}"
-                        ) from exc
-                ends[p] = int(high)
-            return ends
-        finally:
-            reader.close()
+        ends: dict[int, int] = {}
+        for p in range(self.partitions(topic)):
+            while True:
+                try:
+                    _, high = reader.get_watermark_offsets(
+                        KafkaTopicPartition(topic, p), timeout=self.options.timeout_s
+                    )
+                    break
+                except KafkaException as exc:
+                    # Just after a topic is created its leader may not be known yet
+                    # (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE): asked again, it is.
+                    if _retriable(exc) and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                        continue
+                    raise LogError(
+                        f"end offset of {topic}[{p}] on {self.bootstrap}: {_reason(exc)}"
+                    ) from exc
+            ends[p] = int(high)
+        return ends
 
     def producer(self) -> KafkaProducer:
         return KafkaProducer(self.bootstrap, self.options)
@@ -151,7 +156,11 @@ class KafkaLog:
         )
 
     def close(self) -> None:
-        """The admin client holds no connection that needs closing."""
+        """The admin client holds no connection that needs closing; the watermark reader does."""
+        with self._watermarks_lock:
+            if self._watermarks is not None:
+                self._watermarks.close()
+                self._watermarks = None
 
 
 class KafkaProducer:

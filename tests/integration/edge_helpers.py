@@ -42,15 +42,16 @@ def write_config(path: Path, **fields: Any) -> Path:
 
 
 class AgentProcess:
-    """`fleetlearn edge run` as a device runs it; its JSON log lines are kept for waits."""
+    """`fleetlearn edge run` as a device runs it (or another `fleetlearn` service command);
+    its JSON log lines are kept for waits."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, command: tuple[str, ...] = ("edge", "run")) -> None:
         self.config = config
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fleetlearn.cli", "edge", "run", "--config", str(config)],
+            [sys.executable, "-m", "fleetlearn.cli", *command, "--config", str(config)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
