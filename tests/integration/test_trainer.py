@@ -202,9 +202,10 @@ def test_sigkill_mid_round_resumes_to_a_bit_identical_model(
 
     trainer = AgentProcess(killed_cfg, command=("trainer", "run"))
     try:
-        counted = lambda: [  # noqa: E731 - a short wait condition
-            e for e in trainer.logged("update counted") if e.get("round") == round_id(2)
-        ]
+
+        def counted() -> list[dict[str, Any]]:
+            return [e for e in trainer.logged("update counted") if e.get("round") == round_id(2)]
+
         assert eventually(lambda: len(counted()) == 2, 240), trainer.tail()
         time.sleep(0.3)  # mid-round: two of four counted, the round still open
         assert trainer.process.poll() is None

@@ -79,7 +79,10 @@ def test_async_buffered_rounds_weight_stale_updates_and_refuse_older_ones(tmp_pa
     try:
         log = open_log(settings.log_url)
         producer = log.producer()
-        send = lambda value: producer.produce(settings.topics.update, value)  # noqa: E731
+
+        def send(value: bytes) -> None:
+            producer.produce(settings.topics.update, value)
+
         assert service.coordinator is not None
         v0 = {k: v.copy() for k, v in service.coordinator.model.items()}
 
@@ -142,5 +145,5 @@ def test_a_missing_signing_key_is_a_clear_error(tmp_path: Path) -> None:
     settings = base.model_copy(
         update={"release": base.release.model_copy(update={"private_key": tmp_path / "nope.key"})}
     )
-    with pytest.raises(ConfigError, match="nope.key"):
+    with pytest.raises(ConfigError, match=r"nope\.key"):
         TrainerService(settings)
