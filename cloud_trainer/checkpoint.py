@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bus.errors import ProtocolError
+from bus.errors import ObjectNotFound, ProtocolError
 from bus.protocol import RoundAnnouncement, read_tensors, write_tensors
 from bus.store import ObjectStore
 
@@ -145,7 +145,10 @@ class CheckpointStore:
             raise CheckpointError(f"{key}: {exc}") from exc
 
     def _get_checked(self, key: str, sha256: str) -> bytes:
-        data = self.store.get(key)
+        try:
+            data = self.store.get(key)
+        except ObjectNotFound as exc:
+            raise CheckpointError(f"{key}: named by the checkpoint but missing") from exc
         if _sha(data) != sha256:
             raise CheckpointError(f"{key}: sha256 does not match the checkpoint's record")
         return data

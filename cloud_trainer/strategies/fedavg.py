@@ -2,15 +2,17 @@
 
 This is the trainer's hot path (and the one benchmarked against Flower and a plain numpy
 ``acc += w * a``), so `add` never keeps an update and, on the common input (C-contiguous,
-aligned float32), allocates nothing: the finiteness check is BLAS ``sasum`` (NaN and infinity
-propagate through a sum of magnitudes; only on a non-finite answer is the exact, allocating
-``np.isfinite`` consulted) and the accumulation is BLAS ``saxpy`` writing into the sum in place.
+aligned float32), allocates no array data: the finiteness check is BLAS ``sasum`` (NaN and
+infinity propagate through a sum of magnitudes; only on a non-finite answer is the exact,
+allocating ``np.isfinite`` consulted) and the accumulation is BLAS ``saxpy`` writing into the
+sum in place.
 Other inputs (float16/float64/int, unaligned or strided views) are first converted into one
 float32 scratch buffer per tensor, allocated on first use and reused.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,28 +31,32 @@ _F32 = npt.NDArray[np.float32]
 
 def _blas_view(array: npt.NDArray[Any]) -> _F32 | None:
     """A flat view BLAS reads without copying, or None (f2py would silently copy the input)."""
-    if array.dtype == np.float32 and array.flags.c_contiguous and array.flags.aligned:
-        return array.reshape(-1)
+    flags = array.flags
+    if array.dtype == np.float32 and flags.c_contiguous and flags.aligned:
+        return array if array.ndim == 1 else array.reshape(-1)
     return None
-
-
-def _slices(size: int) -> range:
-    return range(0, size, _BLAS_CHUNK)
 
 
 def _axpy_in_place(x: _F32, y: _F32, a: np.float32) -> None:
     """y += a * x in place. f2py hands our own contiguous float32 `y` to BLAS as is; should a
     SciPy build ever return a copy instead, copy it back rather than lose the update."""
-    for start in _slices(y.size):
-        part = y[start : start + _BLAS_CHUNK]
-        out = saxpy(x[start : start + _BLAS_CHUNK], part, a=a)
-        if out is not part:
-            np.copyto(part, out)
+    if y.size <= _BLAS_CHUNK:  # the common case, without slicing (small tensors are many)
+        out = saxpy(x, y, a=a)
+        if out is not y:
+            np.copyto(y, out)
+        return
+    for start in range(0, y.size, _BLAS_CHUNK):
+        _axpy_in_place(x[start : start + _BLAS_CHUNK], y[start : start + _BLAS_CHUNK], a)
 
 
 def _maybe_nonfinite(flat: _F32) -> bool:
     """True when `flat` may hold NaN/inf (or its |sum| overflows): one fast pass, no allocation."""
-    return not all(np.isfinite(sasum(flat[i : i + _BLAS_CHUNK])) for i in _slices(flat.size))
+    if flat.size <= _BLAS_CHUNK:
+        return not math.isfinite(sasum(flat))
+    return any(
+        _maybe_nonfinite(flat[start : start + _BLAS_CHUNK])
+        for start in range(0, flat.size, _BLAS_CHUNK)
+    )
 
 
 class FedAvgAccumulator:
@@ -99,7 +105,7 @@ class FedAvgAccumulator:
         total = np.float32(self._total_weight)
         means: Arrays = {}
         for name, total_sum in self._sums.items():
-            mean = np.divide(total_sum, total)
+            mean = np.divide(total_sum, total, out=np.empty_like(total_sum))  # 0-d stays an array
             if not np.isfinite(mean).all():
                 raise StrategyError(
                     f"{label(name)}: the weighted mean is not finite: the weighted sum "

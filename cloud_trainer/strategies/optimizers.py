@@ -71,7 +71,7 @@ def _float_deltas(model: ArraysIn, delta: ArraysIn) -> dict[str, _F32]:
 def _apply(name: str, x: npt.NDArray[Any], step: npt.NDArray[np.floating[Any]]) -> npt.NDArray[Any]:
     """x + step in at least float32, returned in x's dtype; StrategyError if it overflows."""
     work = np.result_type(x.dtype, np.float32)
-    moved: npt.NDArray[Any] = np.add(x, step, dtype=work).astype(x.dtype, copy=False)
+    moved: npt.NDArray[Any] = np.asarray(np.add(x, step, dtype=work), dtype=x.dtype)
     if not np.isfinite(moved).all():
         raise StrategyError(f"{label(name)}: the server step made it non-finite")
     return moved
@@ -136,7 +136,9 @@ class _AdaptiveOptimizer(ABC):
                 moved[name] = _apply(name, np.asarray(model[name]), lr * m / (np.sqrt(v) + tau))
             if not np.isfinite(v).all():  # m/∞ is a finite step, but the state would be unusable
                 raise StrategyError(f"{label(name)}: the second moment v overflowed float32")
-            new_state[f"m/{name}"], new_state[f"v/{name}"] = m, v
+            # asarray: arithmetic on a 0-d tensor gives numpy scalars; the state holds arrays.
+            new_state[f"m/{name}"] = np.asarray(m, np.float32)
+            new_state[f"v/{name}"] = np.asarray(v, np.float32)
         return _copy_others(model, moved), new_state
 
 

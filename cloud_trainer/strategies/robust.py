@@ -64,7 +64,8 @@ class BufferedAccumulator(ABC):
     def result(self) -> Arrays:
         """The combined delta as new float32 arrays."""
         self._check_count(len(self._updates))
-        return self._combine()
+        # numpy reduces a 0-d tensor's stack to a scalar; callers get arrays, always.
+        return {name: np.asarray(value, np.float32) for name, value in self._combine().items()}
 
     def _check_count(self, n: int) -> None:
         """Raise StrategyError when `n` updates are too few for the rule (here: none)."""

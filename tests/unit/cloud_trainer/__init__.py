@@ -1,0 +1,1 @@
+"""Unit tests of cloud_trainer."""
