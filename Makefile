@@ -6,13 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint types unit integration services venv clean
+.PHONY: demo test check lint types unit integration services venv flower clean
 
 demo: $(STAMP)
 	$(BIN)/fleetlearn demo
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
-test: $(STAMP) services check
+test: $(STAMP) services flower check
 	@$(BIN)/pytest --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -36,6 +36,18 @@ services: $(STAMP)
 	$(BIN)/fleetlearn services install
 
 venv: $(STAMP)
+
+# Flower, the reference bench/aggregate.py measures against, beside the project rather than in
+# .venv: flwr 1.42 pins typer, rich, protobuf and packaging below what the project uses. Its own
+# modules only (--no-deps); numpy and scipy stay the project's. Used with PYTHONPATH=$(FLOWER).
+FLOWER := .cache/flwr-1.42
+FLOWER_PACKAGES := flwr==1.42.0 grpcio==1.85.3 grpcio-health-checking==1.81.1 protobuf==6.33.6 \
+	pycryptodome==3.24.1 iterators==0.0.2 tomli-w==1.2.0 httpx==0.28.1 httpcore==1.0.9
+flower: $(FLOWER)/.installed
+
+$(FLOWER)/.installed: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --target $(FLOWER) $(FLOWER_PACKAGES)
+	touch $@
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11+) on PATH"; exit 1; }

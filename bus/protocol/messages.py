@@ -34,7 +34,7 @@ from bus.protocol.envelopes import (
     TensorSpec,
     pydantic_error,
 )
-from bus.protocol.frame import Frame, pack_frame, unpack_frame
+from bus.protocol.frame import PREFIX_SIZE, Frame, pack_frame, unpack_frame
 from bus.protocol.limits import DEFAULT_LIMITS, Limits
 from bus.protocol.tensors import (
     DTYPES,
@@ -81,7 +81,7 @@ def encode_message(
     fields = envelope.model_dump(mode="json", by_alias=True) | {
         "payload": info and info.model_dump(mode="json")
     }
-    header = json.dumps(fields, separators=(",", ":")).encode()
+    header = _aligned(json.dumps(fields, separators=(",", ":")).encode())
     if len(header) > limits.max_header_bytes:
         raise ValidationError(
             f"{len(header)} bytes, over the limit of {limits.max_header_bytes}", where="header"
@@ -98,6 +98,17 @@ def encode_message(
             where="message",
         )
     return frame
+
+
+PAYLOAD_ALIGNMENT = 64
+
+
+def _aligned(header: bytes) -> bytes:
+    """The header padded with spaces (still the same JSON) so the payload starts on a 64-byte
+    boundary of the frame. Tensors are then read in place at aligned addresses: numpy's fast
+    loops and BLAS need that, and misaligned float32 data made an aggregator's norm pass
+    twenty times slower."""
+    return header + b" " * (-(PREFIX_SIZE + len(header)) % PAYLOAD_ALIGNMENT)
 
 
 def _payload_info(raw: bytes, payload: bytes, compressed: bool) -> PayloadInfo:

@@ -53,7 +53,7 @@ class Accumulator(Protocol):
         """The sum of the accepted updates' weights (as float32 values, see `add`)."""
         ...
 
-    def add(self, delta: ArraysIn, weight: float) -> None:
+    def add(self, delta: ArraysIn, weight: float, *, finite: bool = False) -> None:
         """Take one update; `weight` must be > 0 and finite.
 
         A rejected update (StrategyError) leaves the accumulator as it was, so a service can drop

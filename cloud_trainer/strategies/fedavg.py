@@ -83,13 +83,17 @@ class FedAvgAccumulator:
     def total_weight(self) -> float:
         return self._total_weight
 
-    def add(self, delta: ArraysIn, weight: float) -> None:
-        """Add `weight` × `delta` to the sums; on StrategyError nothing was added."""
+    def add(self, delta: ArraysIn, weight: float, *, finite: bool = False) -> None:
+        """Add `weight` × `delta` to the sums; on StrategyError nothing was added.
+
+        `finite=True` says the caller has already proven every value finite (the trainer's
+        update validation does, in the same pass as the norm), so the check is not repeated.
+        """
         w = check_weight(weight)
         layout = self._layout or TensorLayout.of(delta)
         arrays = layout.check(delta)
         # Check every tensor before touching any sum, so a rejected update leaves no trace.
-        sources = [(name, self._source(name, array)) for name, array in arrays.items()]
+        sources = [(name, self._source(name, array, finite)) for name, array in arrays.items()]
         if self._layout is None:
             self._start(layout)
         for name, flat in sources:
@@ -120,7 +124,7 @@ class FedAvgAccumulator:
             self._sums[name] = np.zeros(shape, dtype=np.float32)
             self._flat_sums[name] = self._sums[name].reshape(-1)
 
-    def _source(self, name: str, array: npt.NDArray[Any]) -> _F32 | None:
+    def _source(self, name: str, array: npt.NDArray[Any], finite: bool) -> _F32 | None:
         """One tensor as flat, C-contiguous float32 for BLAS, checked finite; None if empty.
 
         A view of the input when BLAS can read it as is, else the tensor's scratch buffer.
@@ -137,7 +141,7 @@ class FedAvgAccumulator:
             with np.errstate(over="ignore"):  # a value past float32's range is rejected below
                 np.copyto(scratch, array, casting="same_kind")
             flat = scratch.reshape(-1)
-        if _maybe_nonfinite(flat):
+        if not finite and _maybe_nonfinite(flat):
             require_finite(name, flat)
         return flat
 

@@ -49,8 +49,11 @@ class BufferedAccumulator(ABC):
     def total_weight(self) -> float:
         return self._total_weight
 
-    def add(self, delta: ArraysIn, weight: float) -> None:
-        """Buffer a float32 copy of `delta`; the weight is checked but not used (see module)."""
+    def add(self, delta: ArraysIn, weight: float, *, finite: bool = False) -> None:
+        """Buffer a float32 copy of `delta`; the weight is checked but not used (see module).
+
+        The copy is always checked finite (`finite` is accepted for the common interface):
+        it is cheap next to what these strategies do with the buffered updates."""
         w = check_weight(weight)
         layout = self._layout or TensorLayout.of(delta)
         copy: Arrays = {}
