@@ -137,9 +137,7 @@ class Coordinator:
             weight *= staleness_weight(
                 self.version - header.base_version, self.config.rounds.staleness_exponent
             )
-        self._accumulator.add(
-            {name: tensors[name] for name in self._floating}, weight, finite=True
-        )
+        self._accumulator.add({name: tensors[name] for name in self._floating}, weight, finite=True)
         self.seen.add(header.round_id, header.id, f"{header.round_id}/{header.device_id}")
         self._contributions.update_ids.append(header.id)
         self._contributions.device_ids.append(header.device_id)
