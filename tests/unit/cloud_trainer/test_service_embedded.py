@@ -27,6 +27,7 @@ MODEL = "cancer"
 
 def config(tmp_path: Path) -> TrainerConfig:
     key = generate_keypair(tmp_path / "keys", "k1").private
+    board = tmp_path / "board"
     return TrainerConfig.model_validate(
         {
             "fleet": "farm",
@@ -43,6 +44,7 @@ def config(tmp_path: Path) -> TrainerConfig:
             },
             "release": {"private_key": str(key), "key_id": "k1", "tflite": False},
             "poll_s": 0.05,
+            "metrics": {"tensorboard_dir": str(board)},
         }
     )
 
@@ -125,6 +127,13 @@ def test_async_buffered_rounds_weight_stale_updates_and_refuse_older_ones(tmp_pa
     entry = Registry(store).get(MODEL, 2)
     assert sorted(entry.lineage.device_ids) == ["c", "d"]
     assert Registry(store).versions(MODEL) == [0, 1, 2]
+    assert list((tmp_path / "board").glob("events.out.tfevents.*"))  # TensorBoard scalars
+    metrics = service.metrics.registry
+    assert metrics.get_sample_value("trainer_versions_total", {"model": MODEL}) == 2
+    assert metrics.get_sample_value("trainer_model_version", {"model": MODEL}) == 2
+    assert metrics.get_sample_value("trainer_round_participants", {"model": MODEL}) == 2
+    rejected = {"model": MODEL, "reason": "not_open"}
+    assert metrics.get_sample_value("trainer_updates_rejected_total", rejected) == 1
 
 
 def test_a_restarted_service_resumes_at_its_checkpoint(tmp_path: Path) -> None:
