@@ -83,6 +83,7 @@ import xxhash
 from rich.console import Console
 from rich.table import Table
 
+from bench.cpu import cpu_model
 from bus.protocol import CodecSpec, ModelUpdate, decode_message, encode_update
 from bus.protocol.frame import unpack_frame
 from cloud_trainer.strategies import StrategyConfig, build_strategy
@@ -610,14 +611,7 @@ def version_of(package: str) -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.partition(":")[2].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     info: dict[str, Any] = {
         "load_average_at_start": os.getloadavg(),  # others' work on the same cores shows here
         "cpus": os.cpu_count(),

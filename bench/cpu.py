@@ -9,6 +9,7 @@ microseconds per message for each part. Elsewhere it reports nothing.
 from __future__ import annotations
 
 import os
+import platform
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,3 +76,11 @@ class CpuMeter:
             for name in end
             if name not in self._gone and end[name] - self._start.get(name, 0.0) > 0
         }
+
+
+def cpu_model() -> str:
+    """The processor's name, for a result file: /proc/cpuinfo's model name where there is one."""
+    cpuinfo = PROC / "cpuinfo"
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = (line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
+    return next(names, platform.processor())

@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
+from bench.cpu import cpu_model
 from bus.mqtt import connect_mqtt
 from bus.mqtt.broker import EmbeddedBroker
 from bus.protocol import RoundAnnouncement, Sampling, TrainingConfig, encode_message
@@ -512,14 +513,7 @@ def per_model(size: Size, workdir: Path) -> list[dict[str, Any]]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.partition(":")[2].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     return {
         "cpus": os.cpu_count(),
         "cpu": cpu,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bus.errors import FleetlearnError
-from fleetlearn.logging_setup import configure_logging
+from fleetlearn.service_cli import fail, start_service_command
 
 bridge_app = typer.Typer(help="The MQTT ⇄ log bridge.", no_args_is_help=True)
 
@@ -30,16 +27,12 @@ def run_command(
     from bus.bridge.config import BridgeConfig
     from bus.config import load_config
 
-    configure_logging(logging.INFO)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = start_service_command()
     try:
         settings = load_config(BridgeConfig, config, env_prefix="FLEETLEARN_BRIDGE")
         bridge = Bridge(settings).start()
     except FleetlearnError as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     typer.echo(
         f"bridge {settings.client_id} running: {settings.mqtt_url} ⇄ {settings.log_url}", err=True
     )

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bus.errors import FleetlearnError
-from fleetlearn.logging_setup import configure_logging
+from fleetlearn.service_cli import fail, start_service_command
 
 trainer_app = typer.Typer(help="The cloud trainer (federated rounds).", no_args_is_help=True)
 
@@ -29,16 +26,12 @@ def run_command(
     from cloud_trainer.config import load_trainer_config
     from cloud_trainer.service import TrainerService
 
-    configure_logging(logging.INFO)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = start_service_command()
     try:
         settings = load_trainer_config(config)
         service = TrainerService(settings)
     except (FleetlearnError, OSError) as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     try:
         service.start()
         assert service.coordinator is not None
@@ -49,8 +42,7 @@ def run_command(
         )
         service.run(stop, max_seconds=seconds)
     except FleetlearnError as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
     finally:
         service.close()
     if service.coordinator is not None:
