@@ -36,6 +36,11 @@ class ModelSection(_Section):
     )
     dataset: str = Field(description="data set (models.datasets) whose held-out rows evaluate")
     split_seed: int = Field(0, description="seed of the train/held-out split")
+    holdout: Literal["rows", "groups", "sessions"] | None = Field(
+        None,
+        description="what the split holds out: whole subjects (groups), whole recordings "
+        "(sessions) or stratified rows; None = subjects where the data set has them, else rows",
+    )
     init_seed: int = Field(0, description="seed of version 0's initial weights")
 
     @field_validator("name")

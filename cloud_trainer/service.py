@@ -92,6 +92,7 @@ class TrainerService:
                 architecture_config=architecture_config,
                 dataset=model.dataset,
                 split_seed=model.split_seed,
+                holdout=model.holdout,
                 inline_max_bytes=release.inline_max_bytes,
                 url_expiry_s=release.url_expiry_s,
                 tflite=release.tflite,

@@ -61,6 +61,23 @@ class ReplayCollectorConfig(_Section):
     devices: int | None = Field(
         None, ge=1, description="data sets without subjects: deal rows to this many devices"
     )
+    partition: Literal["natural", "iid", "dirichlet"] | None = Field(
+        None,
+        description="how rows are dealt to devices: one subject each (natural), evenly (iid) or "
+        "label-skewed (dirichlet); None = natural where the data set has subjects, else iid",
+    )
+    alpha: float = Field(0.3, gt=0, description="dirichlet: smaller = fewer labels per device")
+    split_seed: int | None = Field(
+        None,
+        description="play only the training side of the trainer's held-out split with this "
+        "seed, scaled with its statistics, so no device ever trains on a held-out row",
+    )
+    holdout: Literal["rows", "groups", "sessions"] | None = Field(
+        None, description="what that split holds out (the trainer's model.holdout)"
+    )
+    shuffle: bool = Field(
+        False, description="play the rows in a seeded random order instead of recording order"
+    )
     rate_hz: float = Field(10.0, gt=0, description="samples per second; the pace of a sensor")
     loop: bool = Field(False, description="start again at the end")
     standardize: bool = Field(True, description="scale features with the whole data set's stats")

@@ -17,7 +17,7 @@ import torch
 from bus.errors import ConfigError, ProtocolError, ValidationError
 from bus.protocol import write_tensors
 from bus.protocol.tensors import read_tensors_with_metadata
-from models.datasets import Dataset, load, standardize, train_test_split
+from models.datasets import Dataset, Holdout, load, standardize, train_test_split
 from models.params import get_parameters, set_parameters
 from models.registry import get_spec
 
@@ -46,12 +46,14 @@ class WeightsFile:
     seed: int
 
 
-def prepare_data(name: str, *, seed: int, test_fraction: float = 0.2) -> Split:
-    """Split (whole subjects held out where the data has them) and standardise float features."""
+def prepare_data(
+    name: str, *, seed: int, test_fraction: float = 0.2, holdout: Holdout | None = None
+) -> Split:
+    """Split and standardise float features. `holdout` says what is held out: whole subjects
+    (the default where the data has them), whole recordings, or stratified rows."""
     data = load(name)
-    train, test = train_test_split(
-        data, test_fraction=test_fraction, seed=seed, by_group=data.groups is not None
-    )
+    how = holdout or ("groups" if data.groups is not None else "rows")
+    train, test = train_test_split(data, test_fraction=test_fraction, seed=seed, by=how)
     if train.x.dtype.kind == "f" and name not in {"mnist", "digits"}:
         train, test = standardize(train, test)
     return Split(train, test)

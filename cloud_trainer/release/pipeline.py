@@ -45,6 +45,7 @@ from bus.topics import KAFKA_RELEASES, check_fleet, check_model_name
 from cloud_trainer.release.evaluate import evaluate
 from cloud_trainer.release.keys import check_key_id
 from cloud_trainer.release.registry import Lineage, Registry, RegistryEntry, object_key
+from models.datasets import Holdout
 from models.export.pipeline import ExportRequest, Format, export_checked
 from models.export.runtimes import installed_tflite_runtimes
 from models.params import set_parameters
@@ -76,6 +77,9 @@ class ReleaseConfig:
     """The data set whose held-out split scores and parity-checks every release."""
     split_seed: int
     """Seed of that split: the same held-out rows for every version, so metrics compare."""
+    holdout: Holdout | None = None
+    """What the split holds out (subjects, recordings, rows); None = subjects where the data
+    has them, else stratified rows."""
     inline_max_bytes: int = 256 * 1024
     """Files up to this size ride inline in the release message; larger ones go by URL."""
     url_expiry_s: int = MAX_URL_EXPIRY_S
@@ -139,7 +143,9 @@ class ReleasePipeline:
         self.key_id = check_key_id(key_id)
         self.registry = Registry(store)
         self.formats = self._formats(config.tflite)
-        self.split: Split = prepare_data(config.dataset, seed=config.split_seed)
+        self.split: Split = prepare_data(
+            config.dataset, seed=config.split_seed, holdout=config.holdout
+        )
         self._check_fits(self.split)
 
     def release(

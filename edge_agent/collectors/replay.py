@@ -20,37 +20,79 @@ from bus.errors import ConfigError
 from edge_agent.buffer import Sample
 from edge_agent.collectors.base import MAX_BATCH, Emit, PositionFile
 from edge_agent.config import ReplayCollectorConfig
-from models.datasets import Dataset, load, partition_iid, standardize
+from models.datasets import Dataset, load, partition_dirichlet, partition_iid, standardize
 
 log = logging.getLogger(__name__)
 
 BATCH_S = 0.2  # at a high rate, a batch holds this many seconds of samples
+# The settings that decide which rows are played, in which order: a saved position is only
+# good for the same ones.
+ROW_CHOICE = {
+    "dataset",
+    "subject",
+    "devices",
+    "partition",
+    "alpha",
+    "split_seed",
+    "holdout",
+    "shuffle",
+    "seed",
+}
 
 
 def subject_rows(config: ReplayCollectorConfig) -> Dataset:
-    """The rows this device plays, standardized with the whole data set's statistics."""
-    ds = load(config.dataset)
-    if config.standardize and ds.x.dtype == np.float32:  # token ids (tweets) stay as they are
-        ds, _ = standardize(ds, ds)
-    if ds.groups is not None:
+    """The rows this device plays: its subject's (natural) or its share (iid, dirichlet).
+
+    With `split_seed`, only the training side of the trainer's split, scaled with that side's
+    statistics exactly as the trainer scales it; otherwise every row, scaled with the whole data
+    set's statistics. Token ids (tweets) and images in [0, 1] stay as they are.
+    """
+    if config.split_seed is not None:
+        from models.workflow import prepare_data
+
+        ds = prepare_data(config.dataset, seed=config.split_seed, holdout=config.holdout).train
+    else:
+        ds = load(config.dataset)
+        if config.standardize and ds.x.dtype == np.float32:
+            ds, _ = standardize(ds, ds)
+    partition = config.partition or ("natural" if ds.groups is not None else "iid")
+    if partition == "natural":
+        if ds.groups is None:
+            raise ConfigError(
+                f"data set {config.dataset!r} has no subjects to split by: use partition "
+                "iid or dirichlet with `devices`"
+            )
         subjects = np.unique(ds.groups).tolist()
         if config.subject not in subjects:
             raise ConfigError(
                 f"data set {config.dataset!r} has no subject {config.subject}; "
                 f"its subjects are {subjects}"
             )
-        return ds.subset(np.flatnonzero(ds.groups == config.subject))
+        rows = ds.subset(np.flatnonzero(ds.groups == config.subject))
+    else:
+        rows = _share(ds, config, partition)
+    if config.shuffle:
+        rows = rows.subset(np.random.default_rng(config.seed).permutation(len(rows)))
+    return rows
+
+
+def _share(ds: Dataset, config: ReplayCollectorConfig, partition: str) -> Dataset:
     if config.devices is None:
         raise ConfigError(
-            f"data set {config.dataset!r} has no subjects: set `devices` (how many devices "
-            "share its rows) and `subject` (this device's share, 0 to devices - 1)"
+            f"partition {partition!r} deals data set {config.dataset!r} to devices: set "
+            "`devices` (how many devices share its rows) and `subject` (this device's share, "
+            "0 to devices - 1)"
         )
     if config.subject >= config.devices:
         raise ConfigError(
             f"subject {config.subject} is not a share of {config.devices} devices "
             f"(0 to {config.devices - 1})"
         )
-    return partition_iid(ds, config.devices, seed=config.seed)[config.subject]
+    if partition == "dirichlet":
+        shares = partition_dirichlet(ds, config.devices, alpha=config.alpha, seed=config.seed)
+    else:
+        shares = partition_iid(ds, config.devices, seed=config.seed)
+    return shares[config.subject]
 
 
 class ReplayCollector:
@@ -65,10 +107,7 @@ class ReplayCollector:
         self._position = PositionFile(state_dir, config.name)
         # A saved index counts only for the same rows; another subject or data set starts at 0.
         self._source = {
-            "dataset": config.dataset,
-            "subject": config.subject,
-            "devices": config.devices,
-            "seed": config.seed,
+            **config.model_dump(mode="json", include=ROW_CHOICE),
             "rows": len(self.labels),
         }
         saved = self._position.load() or {}

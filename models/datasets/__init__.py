@@ -22,7 +22,13 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from bus.errors import ConfigError
-from models.datasets.base import Dataset, package_file, standardize, train_test_split
+from models.datasets.base import (
+    Dataset,
+    Holdout,
+    package_file,
+    standardize,
+    train_test_split,
+)
 from models.datasets.images import load_digits, load_mnist
 from models.datasets.partition import (
     label_entropy,
@@ -36,6 +42,7 @@ from models.datasets.watch import WatchOptions, load_watch
 
 __all__ = [
     "Dataset",
+    "Holdout",
     "TweetOptions",
     "WatchOptions",
     "label_entropy",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,9 @@ class Dataset:
     ``x`` is float32 (tabular ``(n, f)``, images ``(n, 1, h, w)`` in [0, 1], sensor windows
     ``(n, channels, window)``) or int64 token ids ``(n, max_len)`` for text (0 = padding,
     1 = unknown). ``y`` holds int64 class indices into ``classes``. ``groups`` names the subject
-    (device) of each row where the data has one. ``preprocessing`` is JSON-able.
+    (device) of each row where the data has one; ``sessions`` the continuous recording a row was
+    cut from (overlapping windows share one), so a split can keep recordings whole.
+    ``preprocessing`` is JSON-able.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Dataset:
     classes: tuple[str, ...]
     groups: np.ndarray | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    sessions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r}"
@@ -52,13 +55,12 @@ class Dataset:
                 f"{where}: labels must lie in 0..{len(self.classes) - 1}, "
                 f"found {self.y.min()}..{self.y.max()}"
             )
-        if self.groups is not None and (
-            self.groups.shape != self.y.shape or self.groups.dtype != np.int64
-        ):
-            raise ValidationError(
-                f"{where}: groups must be int64 of shape {self.y.shape}, "
-                f"not {self.groups.dtype} {self.groups.shape}"
-            )
+        for label, ids in (("groups", self.groups), ("sessions", self.sessions)):
+            if ids is not None and (ids.shape != self.y.shape or ids.dtype != np.int64):
+                raise ValidationError(
+                    f"{where}: {label} must be int64 of shape {self.y.shape}, "
+                    f"not {ids.dtype} {ids.shape}"
+                )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -72,12 +74,12 @@ class Dataset:
             )
         if len(index) and (index.min() < -len(self) or index.max() >= len(self)):
             raise ValidationError(f"dataset {self.name!r}: rows out of range for {len(self)} rows")
-        groups = None if self.groups is None else self.groups[index]
         return replace(
             self,
             x=self.x[index],
             y=self.y[index],
-            groups=groups,
+            groups=None if self.groups is None else self.groups[index],
+            sessions=None if self.sessions is None else self.sessions[index],
             preprocessing=dict(self.preprocessing),
         )
 
@@ -125,19 +127,52 @@ def _group_test_rows(groups: np.ndarray, test_fraction: float, seed: int) -> Row
     return np.flatnonzero(np.isin(groups, held)).astype(np.int64)
 
 
+def _session_test_rows(ds: Dataset, test_fraction: float, seed: int) -> Rows:
+    """Whole recordings held out, the same share of every subject's (at least one of a subject
+    with two or more), so every subject keeps recordings to train on and is tested on others."""
+    assert ds.sessions is not None
+    rng = np.random.default_rng(seed)
+    owners = np.zeros(len(ds), dtype=np.int64) if ds.groups is None else ds.groups
+    held: list[Rows] = []
+    for owner in np.unique(owners):
+        sessions = np.unique(ds.sessions[owners == owner])
+        if len(sessions) < 2:
+            continue
+        count = min(max(round(len(sessions) * test_fraction), 1), len(sessions) - 1)
+        held.append(rng.permutation(sessions)[:count])
+    if not held:
+        raise ValidationError(f"dataset {ds.name!r}: no subject has two recordings to split")
+    return np.flatnonzero(np.isin(ds.sessions, np.concatenate(held))).astype(np.int64)
+
+
+Holdout = Literal["rows", "groups", "sessions"]
+
+
 def train_test_split(
-    ds: Dataset, *, test_fraction: float = 0.2, seed: int = 0, by_group: bool = False
+    ds: Dataset,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    by_group: bool = False,
+    by: Holdout | None = None,
 ) -> tuple[Dataset, Dataset]:
-    """Hold out a test set: stratified by label, or (``by_group``) whole subjects.
+    """Hold out a test set: stratified rows, whole subjects (``groups``) or whole recordings
+    (``sessions``); ``by_group`` is the older spelling of ``by="groups"``.
 
     Holding out subjects measures what a new device will see: windows of one subject's
-    recording are strongly correlated, so a per-row split would flatter the model.
+    recording are strongly correlated, so a per-row split would flatter the model. Holding out
+    recordings measures a known device on a new recording, with no window shared across sides.
     """
     _check_fraction(test_fraction)
-    if by_group:
+    how = by or ("groups" if by_group else "rows")
+    if how == "groups":
         if ds.groups is None:
             raise ValidationError(f"dataset {ds.name!r} has no groups to split by")
         test = _group_test_rows(ds.groups, test_fraction, seed)
+    elif how == "sessions":
+        if ds.sessions is None:
+            raise ValidationError(f"dataset {ds.name!r} has no recordings (sessions) to split by")
+        test = _session_test_rows(ds, test_fraction, seed)
     else:
         test = _stratified_test_rows(ds.y, test_fraction, seed)
     train = np.setdiff1d(np.arange(len(ds), dtype=np.int64), test)

@@ -89,4 +89,5 @@ def load_watch(options: WatchOptions | None = None, path: Path | None = None) ->
         raw["classes"],
         np.repeat(raw["subject"], counts),
         preprocessing,
+        sessions=np.repeat(np.arange(len(cut), dtype=np.int64), counts),
     )

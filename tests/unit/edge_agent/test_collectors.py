@@ -27,6 +27,7 @@ from edge_agent.collectors import (
 )
 from edge_agent.collectors.base import Collector, Emit
 from edge_agent.collectors.parse import Tally
+from edge_agent.collectors.replay import subject_rows
 from edge_agent.config import (
     FileCollectorConfig,
     MqttCollectorConfig,
@@ -34,6 +35,7 @@ from edge_agent.config import (
     ReplayCollectorConfig,
 )
 from models.datasets import load, partition_iid, standardize
+from models.workflow import prepare_data
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -458,13 +460,47 @@ def test_replay_deals_a_groupless_set_and_loops(tmp_path: Path) -> None:
 def test_replay_config_errors_name_the_way_out(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no subject 0; its subjects are \[1, 2, 3"):
         ReplayCollector(ReplayCollectorConfig(dataset="watch", subject=0), state_dir=tmp_path)
-    with pytest.raises(ConfigError, match="has no subjects: set `devices`"):
+    with pytest.raises(ConfigError, match="to devices: set `devices`"):
         ReplayCollector(ReplayCollectorConfig(dataset="breast_cancer"), state_dir=tmp_path)
+    with pytest.raises(ConfigError, match="has no subjects to split by: use partition iid"):
+        ReplayCollector(
+            ReplayCollectorConfig(dataset="breast_cancer", partition="natural", devices=2),
+            state_dir=tmp_path,
+        )
     with pytest.raises(ConfigError, match="not a share of 4 devices"):
         ReplayCollector(
             ReplayCollectorConfig(dataset="breast_cancer", devices=4, subject=4),
             state_dir=tmp_path,
         )
+
+
+def test_replay_with_the_trainers_split_never_plays_a_held_out_row(tmp_path: Path) -> None:
+    """Whole recordings held out: the device plays its subject's other recordings only,
+    scaled with the training side's statistics, as the trainer scales them."""
+    config = ReplayCollectorConfig(
+        dataset="watch", subject=3, split_seed=0, holdout="sessions", rate_hz=1000.0
+    )
+    rows = subject_rows(config)
+    split = prepare_data("watch", seed=0, holdout="sessions")
+    assert rows.sessions is not None
+    assert split.test.sessions is not None
+    assert not set(rows.sessions.tolist()) & set(split.test.sessions.tolist())
+    everything = load("watch")
+    assert everything.groups is not None
+    assert 0 < len(rows) < int((everything.groups == 3).sum())
+    mine = split.train.subset(np.flatnonzero(split.train.groups == 3))
+    np.testing.assert_array_equal(rows.x, mine.x)
+
+
+def test_replay_shuffles_and_deals_label_skewed_shares(tmp_path: Path) -> None:
+    base = {"dataset": "digits", "devices": 5, "subject": 2, "partition": "dirichlet"}
+    skewed = subject_rows(ReplayCollectorConfig(**base, alpha=0.1))
+    shuffled = subject_rows(ReplayCollectorConfig(**base, alpha=0.1, shuffle=True))
+    assert sorted(shuffled.y.tolist()) == sorted(skewed.y.tolist())
+    assert shuffled.y.tolist() != skewed.y.tolist()  # same rows, another order
+    iid = subject_rows(ReplayCollectorConfig(**{**base, "partition": "iid"}))
+    labels_skewed = np.count_nonzero(np.bincount(skewed.y, minlength=10))
+    assert labels_skewed < np.count_nonzero(np.bincount(iid.y, minlength=10)) == 10
 
 
 # -- MQTT ----------------------------------------------------------------------------------------

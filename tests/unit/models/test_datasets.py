@@ -167,6 +167,28 @@ def test_split_by_group_holds_out_whole_subjects() -> None:
         train_test_split(ds, test_fraction=1.0)
 
 
+def test_split_by_session_holds_out_whole_recordings_of_every_subject() -> None:
+    """Overlapping windows of one recording never sit on both sides; every subject keeps
+    recordings to train on and has some tested."""
+    ds = load("watch")
+    assert ds.sessions is not None
+    assert len(np.unique(ds.sessions)) == 140  # 10 subjects x 7 exercises x 2 recordings
+    train, test = train_test_split(ds, test_fraction=0.2, seed=0, by="sessions")
+    assert train.sessions is not None
+    assert test.sessions is not None
+    assert train.groups is not None
+    assert test.groups is not None
+    assert set(train.sessions.tolist()).isdisjoint(test.sessions.tolist())
+    assert set(np.unique(test.groups)) == set(np.unique(train.groups)) == set(range(1, 11))
+    for subject in range(1, 11):
+        assert len(np.unique(test.sessions[test.groups == subject])) == 3  # round(14 x 0.2)
+    assert len(train) + len(test) == len(ds)
+    again, _ = train_test_split(ds, test_fraction=0.2, seed=0, by="sessions")
+    np.testing.assert_array_equal(again.x, train.x)
+    with pytest.raises(ValidationError, match="no recordings"):
+        train_test_split(load("digits"), by="sessions")
+
+
 def test_standardize_fits_on_train_only() -> None:
     train, test = train_test_split(load("watch"), seed=1, by_group=True)
     scaled_train, scaled_test = standardize(train, test)
