@@ -44,6 +44,8 @@ from edge_agent.selection import selected
 
 log = logging.getLogger(__name__)
 
+BASE_WAIT_S = 0.5  # how often a round whose base model has not arrived yet looks again
+
 try:
     AGENT_VERSION = importlib.metadata.version("fleetlearn")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
@@ -347,17 +349,26 @@ class EdgeAgent:
             self.metrics.rounds.labels("expired").inc()
             log.info("round deadline passed while deferred", extra={"round": announcement.round_id})
             return
-        reason = (
-            None if pending.forced else gate_reason(self.monitor.read(), self.config.training.gate)
-        )
+        if self.models.store.installed(self.config.model.name, announcement.base_version) is None:
+            # The round and its base release are retained on different topics, so a device
+            # that (re)connects may read the round first: wait for the release, not skip.
+            reason: str | None = f"waiting for base version {announcement.base_version}"
+            retry = BASE_WAIT_S
+        else:
+            reason = (
+                None
+                if pending.forced
+                else gate_reason(self.monitor.read(), self.config.training.gate)
+            )
+            retry = self.config.training.gate.retry_s
         if reason:
-            if reason != pending.deferred_reason:
+            if reason != pending.deferred_reason:  # counted and logged once per reason
                 log.info(
                     "training deferred", extra={"round": announcement.round_id, "reason": reason}
                 )
+                self.metrics.rounds.labels("deferred").inc()
             pending.deferred_reason = reason
-            pending.next_try = now + self.config.training.gate.retry_s
-            self.metrics.rounds.labels("deferred").inc()
+            pending.next_try = now + retry
             return
         self._pending = None
         log.info("training started", extra={"round": announcement.round_id})

@@ -196,6 +196,30 @@ def test_round_update_and_a_rejected_release(tmp_path: Path, mosquitto: Any) -> 
     assert len(predicted.stdout.splitlines()) == 8
 
 
+def test_a_round_read_before_its_base_release_waits_for_it(tmp_path: Path, mosquitto: Any) -> None:
+    """The round and the release are retained on two topics, read in either order."""
+    fleet = unique("farm")
+    prefix = default_prefix(fleet)
+    watcher = Watcher(mosquitto.url, f"{prefix}/#")
+    agent = AgentProcess(device(tmp_path, mosquitto.url, fleet=fleet))
+    try:
+        assert status_says(watcher, lambda s: s.buffer_rows > 48, 60), agent.tail()
+        announce(mosquitto.url, fleet, "r1")  # its base, v1, is not out yet
+        agent.wait_logged("training deferred", 30)
+        time.sleep(1.5)
+        assert watcher.of("update") == []
+        retain(mosquitto.url, release_topic(prefix, MODEL), release(tmp_path, 1))
+        assert eventually(lambda: bool(watcher.of("update")), 90), agent.tail()
+        header = watcher.of("update")[0].envelope
+        assert isinstance(header, ModelUpdate)
+        assert (header.round_id, header.base_version) == ("r1", 1)
+        deferred = agent.logged("training deferred")
+        assert [d["reason"] for d in deferred] == ["waiting for base version 1"]
+    finally:
+        assert agent.stop() == 0, agent.tail()
+        watcher.close()
+
+
 def queued_updates(data_dir: Path, fleet: str, count: int, size: int) -> set[str]:
     """Updates as training leaves them: encoded, kept in the agent's outbox."""
     outbox = Outbox(data_dir / "outbox.db")
