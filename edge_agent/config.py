@@ -130,7 +130,9 @@ class ModelConfig(_Section):
 class GateConfig(_Section):
     """When the device is too busy, too hot or on battery, training waits."""
 
-    max_cpu_percent: float = Field(80.0, gt=0, le=100)
+    max_cpu_percent: float = Field(
+        80.0, gt=0, le=100, description="busier than this, wait; 100 = never wait for the CPU"
+    )
     max_temperature_c: float = Field(75.0)
     allow_on_battery: bool = False
     retry_s: float = Field(30.0, gt=0, description="how long a deferred round waits to try again")

@@ -116,6 +116,7 @@ def gate_reason(reading: Reading, gate: GateConfig) -> str | None:
         return "on battery"
     if reading.temperature_c is not None and reading.temperature_c >= gate.max_temperature_c:
         return f"temperature {reading.temperature_c:.1f} °C ≥ {gate.max_temperature_c:.1f} °C"
-    if reading.cpu_percent is not None and reading.cpu_percent >= gate.max_cpu_percent:
+    busy = gate.max_cpu_percent < 100  # 100 = never wait for the CPU: a reading tops out there
+    if busy and reading.cpu_percent is not None and reading.cpu_percent >= gate.max_cpu_percent:
         return f"CPU busy {reading.cpu_percent:.0f}% ≥ {gate.max_cpu_percent:.0f}%"
     return None

@@ -1,1 +1,1 @@
-"""`fleetlearn demo`: the smallest honest federated loop over the embedded bus on one machine."""
+"""`fleetlearn demo`: the whole loop — real edge agents, bridge and trainer — on one machine."""

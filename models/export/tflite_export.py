@@ -28,6 +28,11 @@ def _litert() -> Any:
         raise ConfigError(
             "TFLite export needs the tflite extra: pip install 'fleetlearn[tflite]'"
         ) from exc
+    # Its step-by-step progress goes to stdout through a console of its own: a service's
+    # stdout (and a live display) is not the place; failures still raise.
+    progress = getattr(litert_torch, "progress", None)
+    if progress is not None and hasattr(progress, "console"):
+        progress.console.quiet = True
     return litert_torch
 
 

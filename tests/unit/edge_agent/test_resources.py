@@ -67,3 +67,9 @@ def test_the_gate(reading: Reading, reason: str | None) -> None:
     found = gate_reason(reading, GateConfig(max_cpu_percent=80, max_temperature_c=75))
     assert found == reason if reason is None else (found or "").startswith(reason)
     assert gate_reason(Reading(10, 50, 40, True), GateConfig(allow_on_battery=True)) is None
+
+
+def test_a_cpu_limit_of_100_never_waits() -> None:
+    """A reading tops out at 100 %, so 100 means "whatever the load", not "never train"."""
+    assert gate_reason(Reading(100, 50, 40, False), GateConfig(max_cpu_percent=100)) is None
+    assert gate_reason(Reading(100, 50, 40, False), GateConfig(max_cpu_percent=99)) is not None
