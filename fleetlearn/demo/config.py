@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bus.errors import FleetlearnError
 from bus.protocol import CodecName
+from bus.urls import parse_url
 
 DatasetName = Literal["motion", "mnist", "tweets"]
 Partition = Literal["natural", "iid", "dirichlet"]
@@ -46,6 +48,11 @@ PLANS: dict[str, DatasetPlan] = {
     "tweets": DatasetPlan("tweets", "textclf", "dirichlet", "rows", 0.5, None),
 }
 
+URL_SCHEMES = {
+    "mqtt_url": ("mqtt", "mqtts"),
+    "log_url": ("kafka", "sqlite"),
+    "store_url": ("s3", "file"),
+}
 FEDPROX_MU = 0.01  # the proximal term `--strategy fedprox` sends devices (Li et al. use 0.001-1)
 SERVER_LR = {"fedadam": 0.01, "fedyogi": 0.01, "fedadagrad": 0.05}
 
@@ -92,6 +99,17 @@ class DemoConfig(BaseModel):
     @property
     def chosen_learning_rate(self) -> float:
         return self.learning_rate or self.plan.learning_rate
+
+    @field_validator("mqtt_url", "log_url", "store_url")
+    @classmethod
+    def _scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Checked before anything starts, so a typo costs no broker start-up."""
+        if value is not None:
+            try:
+                parse_url(value, schemes=URL_SCHEMES[str(info.field_name)])
+            except FleetlearnError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _fits(self) -> DemoConfig:
