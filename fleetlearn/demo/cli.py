@@ -28,7 +28,7 @@ from fleetlearn.demo.report import (
 def demo_command(
     dataset: Annotated[DatasetName, typer.Option(help="motion, mnist or tweets.")] = "motion",
     devices: Annotated[int, typer.Option(help="Devices, each a real edge agent.")] = 10,
-    rounds: Annotated[int, typer.Option(help="Federated rounds (released versions).")] = 8,
+    rounds: Annotated[int, typer.Option(help="Federated rounds (released versions).")] = 10,
     strategy: Annotated[DemoStrategy, typer.Option(help="How updates are combined.")] = "fedavg",
     codec: Annotated[CodecName, typer.Option(help="Update codec on the wire.")] = CodecName.INT8,
     topk_ratio: Annotated[float, typer.Option(help="Share of entries top-k sends.")] = 0.05,

@@ -62,7 +62,7 @@ class DemoConfig(BaseModel):
 
     dataset: DatasetName = Field("motion", description="motion (smartwatch), mnist or tweets")
     devices: int = Field(10, ge=1, le=50, description="simulated devices, each a real agent")
-    rounds: int = Field(8, ge=1, le=100, description="federated rounds (released versions)")
+    rounds: int = Field(10, ge=1, le=100, description="federated rounds (released versions)")
     strategy: DemoStrategy = "fedavg"
     codec: CodecName = Field(CodecName.INT8, description="update codec on the wire")
     topk_ratio: float = Field(0.05, gt=0, le=1, description="share of entries top-k sends")
