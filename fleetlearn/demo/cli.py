@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +27,7 @@ from fleetlearn.demo.report import (
     round_table,
     write_summary,
 )
+from fleetlearn.services.base import cache_dir
 
 
 def demo_command(
@@ -81,7 +86,8 @@ def demo_command(
         typer.echo(f"error: {problems}", err=True)
         raise typer.Exit(1) from None
     try:
-        result = _run_live(config, console)
+        with _native_stderr_to(_workdir(config) / "stderr.log"):
+            result = _run_live(config, console)
     except FleetlearnError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -89,6 +95,27 @@ def demo_command(
     if not result.devices_on_final:
         typer.echo(f"error: not every device ended on verified v{result.final_version}", err=True)
         raise typer.Exit(1)
+
+
+def _workdir(config: DemoConfig) -> Path:
+    return config.workdir or cache_dir() / "demo"
+
+
+@contextmanager
+def _native_stderr_to(path: Path) -> Iterator[None]:
+    """TensorFlow Lite, oneDNN and torch print start-up notes straight to file descriptor 2
+    from native code; over a live display they are noise, so they go to a file of the run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("ab") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _run_live(config: DemoConfig, console: Console) -> DemoResult:
@@ -149,4 +176,5 @@ def _report(result: DemoResult, console: Console) -> None:
     for name, url in result.release_files.items():
         console.print(f"  {name}: {url}")
     console.print(f"plot: {plot}\nsummary: {summary}\nlogs: {result.run_dir / 'demo.log'}")
+    console.print(f"native libraries' notes: {_workdir(result.config) / 'stderr.log'}")
     console.print(f"the same against real services:\n  {real_services_command(result.config)}")
