@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pydantic
 import typer
@@ -18,8 +18,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bus.errors import FleetlearnError
 from bus.protocol import CodecName
 from fleetlearn.demo.config import DatasetName, DemoConfig, DemoStrategy, Partition
-from fleetlearn.demo.loop import DemoResult, run_demo
-from fleetlearn.demo.loop import Progress as RunProgress
 from fleetlearn.demo.report import (
     device_table,
     plot_accuracy,
@@ -28,6 +26,10 @@ from fleetlearn.demo.report import (
     write_summary,
 )
 from fleetlearn.services.base import cache_dir
+
+if TYPE_CHECKING:  # the loop imports torch and the Kafka client: only `demo` itself loads it
+    from fleetlearn.demo.loop import DemoResult
+    from fleetlearn.demo.loop import Progress as RunProgress
 
 
 def demo_command(
@@ -119,6 +121,8 @@ def _native_stderr_to(path: Path) -> Iterator[None]:
 
 
 def _run_live(config: DemoConfig, console: Console) -> DemoResult:
+    from fleetlearn.demo.loop import run_demo
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from fleetlearn.demo.config import DemoConfig
-from fleetlearn.demo.loop import DemoResult
+
+if TYPE_CHECKING:
+    from fleetlearn.demo.loop import DemoResult
 
 
 def round_table(result: DemoResult) -> Table:
