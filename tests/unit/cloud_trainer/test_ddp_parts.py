@@ -155,3 +155,12 @@ def test_the_config_needs_an_input_shape_and_a_valid_job_name() -> None:
         DdpConfig.model_validate({**base, "model": {**model, "input_shape": []}})
     with pytest.raises(ValueError, match="job"):
         DdpConfig.model_validate({**base, "job": "a b", "model": model})
+
+
+def test_the_example_config_loads() -> None:
+    from cloud_trainer.ddp.config import load_ddp_config
+
+    root = Path(__file__).resolve().parents[3]
+    config = load_ddp_config(root / "infra" / "trainer" / "ddp.yaml")
+    assert config.model.input_shape == [6, 100]
+    assert config.topic == "fleetlearn.data"
