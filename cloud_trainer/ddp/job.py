@@ -143,6 +143,7 @@ class DdpJob:
         self._samples = 0
         self._loss_sum = 0.0
         self.trained_samples = 0
+        self._step_samples = 0  # every rank's samples, this attempt (throughput)
 
     # -- start --------------------------------------------------------------------------------
 
@@ -184,6 +185,8 @@ class DdpJob:
     def run(self) -> JobResult:
         training = self.config.training
         idle_since = time.monotonic()
+        first_step: float | None = None
+        last_step = 0.0
         while training.max_steps is None or self.step < training.max_steps:
             records = self.reader.take(training.records_per_step, self.config.poll_s)
             local = sum(len(r.y) for r in records)
@@ -202,11 +205,26 @@ class DdpJob:
                 continue
             if local:
                 idle_since = time.monotonic()
+            first_step = first_step or time.monotonic()
             self._train_step(records, total)
+            last_step = time.monotonic()
+            self._step_samples += total
             if self.step % self.config.checkpoint.every_steps == 0:
                 self.save()
         if self._samples or self.pointer is None or self.pointer.step != self.step:
             self.save()
+        seconds = last_step - first_step if first_step is not None else 0.0
+        log.info(
+            "job finished",
+            extra={
+                "rank": self.where.rank,
+                "world": self.where.world,
+                "step": self.step,
+                "samples": self._step_samples,
+                "train_seconds": seconds,
+                "samples_per_s": self._step_samples / seconds if seconds > 0 else 0.0,
+            },
+        )
         return JobResult(
             rank=self.where.rank,
             world=self.where.world,
