@@ -84,7 +84,7 @@ def s3_client(minio: Any) -> Any:
 
 
 def throughput(
-    kafka_url: str, store_url: str, topic: str, world: int, workdir: Path
+    kafka_url: str, store_url: str, topic: str, world: int, workdir: Path, per_step: int
 ) -> dict[str, Any]:
     from tests.integration.ddp_helpers import ddp_config
 
