@@ -1,6 +1,12 @@
 """The fleetlearn wire protocol: envelopes, tensor payloads, update codecs (pure code, no I/O)."""
 
-from bus.protocol.codecs import EncodedDelta, decode_delta, encode_delta, topk_count
+from bus.protocol.codecs import (
+    EncodedDelta,
+    decode_delta,
+    encode_delta,
+    is_statistic,
+    topk_count,
+)
 from bus.protocol.envelopes import (
     AnyEnvelope,
     CodecName,
@@ -67,6 +73,7 @@ __all__ = [
     "encode_delta",
     "encode_message",
     "encode_update",
+    "is_statistic",
     "parse_header",
     "peek_header",
     "read_tensors",

@@ -33,6 +33,16 @@ class EncodedDelta:
     residual: Residual | None
 
 
+STATISTICS = ("running_mean", "running_var")
+
+
+def is_statistic(name: str) -> bool:
+    """BatchNorm's running statistics (`….running_mean`, `….running_var`): estimates to average,
+    not weights to step. Top-k sends them dense — error feedback on a variance can drive it
+    negative — and server optimizers apply their mean as it is."""
+    return name.rsplit(".", 1)[-1] in STATISTICS
+
+
 def _is_float(array: npt.NDArray[Any]) -> bool:
     return array.dtype.kind == "f"
 
@@ -64,7 +74,9 @@ def encode_delta(
         if not np.all(np.isfinite(values)):
             raise CodecError("holds NaN or Inf", where=where)
         manifest.append(TensorSpec(name=name, dtype="F32", shape=values.shape))
-        if codec.name is CodecName.TOPK:
+        if codec.name is CodecName.TOPK and is_statistic(name):
+            tensors[name] = values
+        elif codec.name is CodecName.TOPK:
             kept, left = _topk(name, values, codec, residual)
             tensors.update(kept)
             assert new_residual is not None
@@ -137,7 +149,8 @@ def decode_delta(
             raise CodecError(
                 "tensor names must not contain '#'", where=f"header.tensors[{spec.name!r}]"
             )
-        if spec.dtype != "F32" or codec.name is CodecName.FP32:
+        dense_topk = codec.name is CodecName.TOPK and is_statistic(spec.name)
+        if spec.dtype != "F32" or codec.name is CodecName.FP32 or dense_topk:
             names = [spec.name]
         elif codec.name is CodecName.TOPK:
             names = [f"{spec.name}#idx", f"{spec.name}#val"]
@@ -196,6 +209,8 @@ def _decode_one(
                 "int8 values must lie in -127..127", where=f"payload.tensors[{name!r}]"
             )
         return quantized.astype(np.float32) * np.float32(value)
+    if is_statistic(name):  # top-k sends statistics dense
+        return _require(payload[name], "F32", shape, name)
     return _decode_topk(name, shape, payload)
 
 

@@ -76,16 +76,14 @@ class DdpCheckpoints:
     def put_state(self, sequence: int, state: dict[str, Any]) -> tuple[str, str]:
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        data = buffer.getvalue()
+        buffer.seek(0)
         key = self.key(sequence, "state.pt")
-        self.store.put(key, data)
-        return key, _sha(data)
+        # The store hashes while it streams the upload: no copy, no second pass.
+        return key, self.store.put(key, buffer).sha256
 
     def put_rank(self, sequence: int, record: RankRecord) -> tuple[str, str]:
-        data = record.model_dump_json().encode()
         key = self.key(sequence, f"rank-{record.rank}.json")
-        self.store.put(key, data)
-        return key, _sha(data)
+        return key, self.store.put(key, record.model_dump_json().encode()).sha256
 
     def commit(self, pointer: Pointer) -> None:
         """The pointer last: until it is rewritten, the previous checkpoint stands."""

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bus.protocol import is_statistic
 from cloud_trainer.strategies.base import Arrays, ArraysIn, StrategyError
 from cloud_trainer.strategies.checks import label, real_array, require_finite
 
@@ -99,7 +100,7 @@ class FedAvgOptimizer:
         lr = np.float32(self.server_lr)
         with np.errstate(over="ignore"):  # an overflow is reported by _apply, by tensor name
             moved = {
-                name: _apply(name, np.asarray(model[name]), lr * d)
+                name: _apply(name, np.asarray(model[name]), d if is_statistic(name) else lr * d)
                 for name, d in _float_deltas(model, delta).items()
             }
         return _copy_others(model, moved), {}
@@ -124,9 +125,16 @@ class _AdaptiveOptimizer(ABC):
 
     def step(self, model: ArraysIn, delta: ArraysIn, state: ArraysIn) -> tuple[Arrays, Arrays]:
         deltas = _float_deltas(model, delta)
+        # Running statistics take the devices' mean as it is: an adaptive step would move a
+        # variance by about server_lr whatever its scale.
+        moved: dict[str, npt.NDArray[Any]] = {
+            name: _apply(name, np.asarray(model[name]), d)
+            for name, d in deltas.items()
+            if is_statistic(name)
+        }
+        deltas = {name: d for name, d in deltas.items() if not is_statistic(name)}
         moments = _read_state(state, deltas)
         b1, lr, tau = np.float32(self.beta1), np.float32(self.server_lr), np.float32(self.tau)
-        moved: dict[str, npt.NDArray[Any]] = {}
         new_state: Arrays = {}
         for name, d in deltas.items():
             m_old, v_old = moments[name]
