@@ -6,13 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint types unit integration services venv flower clean
+.PHONY: demo test check lint types unit integration services venv flower flower-sim clean
 
 demo: $(STAMP)
 	$(BIN)/fleetlearn demo
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
-test: $(STAMP) services flower check
+test: $(STAMP) services flower flower-sim check
 	@$(BIN)/pytest --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -47,6 +47,20 @@ flower: $(FLOWER)/.installed
 
 $(FLOWER)/.installed: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps --target $(FLOWER) $(FLOWER_PACKAGES)
+	touch $@
+
+# Flower's simulation engine for bench/convergence.py: Ray (flwr[simulation]'s pin) and the
+# modules flwr.simulation imports that neither .venv nor $(FLOWER) holds (FastAPI, SQLAlchemy,
+# Alembic, jsonschema and theirs). A directory of its own, so bench/aggregate.py's environment
+# stays as it is. Used with PYTHONPATH=$(FLOWER):$(FLOWER_SIM).
+FLOWER_SIM := .cache/flwr-sim-1.42
+FLOWER_SIM_PACKAGES := ray==2.55.1 msgpack==1.2.4 jsonschema==4.26.0 \
+	jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0 \
+	fastapi==0.138.2 starlette==1.3.1 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3
+flower-sim: $(FLOWER_SIM)/.installed
+
+$(FLOWER_SIM)/.installed: $(FLOWER)/.installed
+	$(BIN)/python -m pip install -q --no-deps --target $(FLOWER_SIM) $(FLOWER_SIM_PACKAGES)
 	touch $@
 
 $(STAMP): pyproject.toml
