@@ -81,7 +81,7 @@ from cloud_trainer.release.evaluate import evaluate
 from cloud_trainer.strategies import StrategyConfig, StrategyError, build_strategy
 from edge_agent.buffer import Window
 from edge_agent.local_training import LocalResult, TrainingDiverged, train_local
-from edge_agent.round_runner import input_shape, update_id
+from edge_agent.round_runner import input_shape, update_header
 from models.datasets import Dataset, partition_dirichlet, partition_natural
 from models.params import Params, apply_delta, get_parameters, set_parameters
 from models.workflow import DEFAULT_DATASET, build_seeded, default_config, prepare_data
@@ -281,24 +281,6 @@ class Curves:
     def record(self, metrics: Mapping[str, float]) -> None:
         self.accuracy.append(metrics["accuracy"])
         self.loss.append(metrics["loss"])
-
-
-def update_header(
-    announcement: RoundAnnouncement, device_id: str, result: LocalResult
-) -> ModelUpdate:
-    """The header edge_agent.round_runner.run_round builds for this update."""
-    return ModelUpdate(
-        id=update_id(announcement, device_id),
-        fleet=announcement.fleet,
-        device_id=device_id,
-        round_id=announcement.round_id,
-        model=announcement.model,
-        base_version=announcement.base_version,
-        num_examples=result.num_examples,
-        codec=announcement.training.codec,
-        metrics={k: float(v) for k, v in result.metrics.items() if math.isfinite(v)},
-        privacy=result.privacy,
-    )
 
 
 def wire_update(

@@ -16,7 +16,7 @@ from bus.errors import ValidationError
 from bus.protocol import ModelUpdate, RoundAnnouncement, encode_update
 from bus.protocol.codecs import Residual
 from edge_agent.buffer import Window
-from edge_agent.local_training import train_local
+from edge_agent.local_training import LocalResult, train_local
 from edge_agent.privacy import PrivacyAccountant
 from models.registry import get_spec
 from models.workflow import load_weights
@@ -55,6 +55,24 @@ def update_id(announcement: RoundAnnouncement, device_id: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def update_header(
+    announcement: RoundAnnouncement, device_id: str, result: LocalResult
+) -> ModelUpdate:
+    """The header of this device's update for the round (finite metrics only)."""
+    return ModelUpdate(
+        id=update_id(announcement, device_id),
+        fleet=announcement.fleet,
+        device_id=device_id,
+        round_id=announcement.round_id,
+        model=announcement.model,
+        base_version=announcement.base_version,
+        num_examples=result.num_examples,
+        codec=announcement.training.codec,
+        metrics={k: float(v) for k, v in result.metrics.items() if math.isfinite(v)},
+        privacy=result.privacy,
+    )
+
+
 def run_round(
     announcement: RoundAnnouncement,
     *,
@@ -79,18 +97,7 @@ def run_round(
         accountant=accountant,
         stop=stop,
     )
-    header = ModelUpdate(
-        id=update_id(announcement, device_id),
-        fleet=announcement.fleet,
-        device_id=device_id,
-        round_id=announcement.round_id,
-        model=announcement.model,
-        base_version=announcement.base_version,
-        num_examples=result.num_examples,
-        codec=announcement.training.codec,
-        metrics={k: float(v) for k, v in result.metrics.items() if math.isfinite(v)},
-        privacy=result.privacy,
-    )
+    header = update_header(announcement, device_id, result)
     payload, left = encode_update(
         header,
         result.delta,
