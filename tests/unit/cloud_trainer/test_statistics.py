@@ -17,18 +17,23 @@ def test_statistics_are_named_by_torchs_buffer_names() -> None:
     assert not is_statistic("running_variance")
 
 
-def test_top_k_sends_statistics_dense_and_keeps_no_residual_for_them() -> None:
+def test_top_k_sends_statistics_dense_as_int8_and_keeps_no_residual_for_them() -> None:
     delta = {
         "conv.weight": np.linspace(-1, 1, 100, dtype=np.float32),
         "bn.running_var": np.linspace(0.1, 0.5, 8, dtype=np.float32),
     }
     codec = CodecSpec(name=CodecName.TOPK, topk_ratio=0.05)
     encoded = encode_delta(delta, codec)
-    assert set(encoded.tensors) == {"conv.weight#idx", "conv.weight#val", "bn.running_var"}
+    assert set(encoded.tensors) == {"#topk"}
     assert encoded.residual is not None
     assert set(encoded.residual) == {"conv.weight"}
     decoded = decode_delta(encoded.tensors, codec, encoded.manifest)
-    np.testing.assert_array_equal(decoded["bn.running_var"], delta["bn.running_var"])
+    step = float(encoded.tensors["#topk"][4:8].view("<f4")[0])  # the second tensor's scale
+    assert step == np.float32(0.5 / 127)
+    assert encoded.tensors["#topk"][8 + 5 :][:8].view(np.int8).tolist() == [
+        round(v / step) for v in delta["bn.running_var"]
+    ]  # after 5 kept values of the weight, all 8 of the statistic
+    np.testing.assert_allclose(decoded["bn.running_var"], delta["bn.running_var"], atol=step / 2)
     assert np.count_nonzero(decoded["conv.weight"]) == 5
 
 

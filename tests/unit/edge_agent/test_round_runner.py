@@ -115,8 +115,9 @@ def test_topk_sends_a_share_and_keeps_the_rest_for_next_time(weights: Path) -> N
             continue
         nonzero = int(np.count_nonzero(sent))
         assert nonzero <= max(1, int(np.ceil(0.1 * sent.size)))
-        # what was sent plus what is kept is the whole delta
-        assert np.count_nonzero(residual[name][sent != 0]) == 0
+        # where an entry was sent, only its int8 rounding (at most half a step) is kept back
+        step = float(np.max(np.abs(sent))) / 127
+        assert np.all(np.abs(residual[name][sent != 0]) <= step / 2 + 1e-7)
 
 
 def test_a_round_trained_twice_yields_one_message_id(weights: Path) -> None:
