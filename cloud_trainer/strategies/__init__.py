@@ -18,6 +18,7 @@ from cloud_trainer.strategies.fedavg import FedAvgAccumulator, fedavg
 from cloud_trainer.strategies.optimizers import (
     FedAdagradOptimizer,
     FedAdamOptimizer,
+    FedAvgMOptimizer,
     FedAvgOptimizer,
     FedYogiOptimizer,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "FedAdagradOptimizer",
     "FedAdamOptimizer",
     "FedAvgAccumulator",
+    "FedAvgMOptimizer",
     "FedAvgOptimizer",
     "FedYogiOptimizer",
     "KrumAccumulator",

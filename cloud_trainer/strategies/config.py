@@ -13,6 +13,7 @@ from cloud_trainer.strategies.fedavg import FedAvgAccumulator
 from cloud_trainer.strategies.optimizers import (
     FedAdagradOptimizer,
     FedAdamOptimizer,
+    FedAvgMOptimizer,
     FedAvgOptimizer,
     FedYogiOptimizer,
 )
@@ -23,23 +24,24 @@ from cloud_trainer.strategies.robust import (
 )
 
 StrategyName = Literal[
-    "fedavg", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum"
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum"
 ]
 
 
 class StrategyConfig(BaseModel):
     """How the server combines a round's updates and applies the result.
 
-    fedavg/fedadam/fedyogi/fedadagrad average deltas weighted by example count, then take the named
-    server step; median/trimmed_mean/krum combine unweighted and robustly, then take FedAvg's step.
+    fedavg/fedavgm/fedadam/fedyogi/fedadagrad average deltas weighted by example count, then take
+    the named server step; median/trimmed_mean/krum combine unweighted and robustly, then take
+    FedAvg's step.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: StrategyName = Field(
         default="fedavg",
-        description="Aggregation rule: weighted mean plus a server optimizer (fedavg, fedadam, "
-        "fedyogi, fedadagrad) or a Byzantine-robust rule (median, trimmed_mean, krum).",
+        description="Aggregation rule: weighted mean plus a server optimizer (fedavg, fedavgm, "
+        "fedadam, fedyogi, fedadagrad) or a Byzantine-robust rule (median, trimmed_mean, krum).",
     )
     server_lr: float = Field(
         default=1.0,
@@ -47,6 +49,13 @@ class StrategyConfig(BaseModel):
         description="Server learning rate η. 1.0 makes fedavg plain FedAvg (and the robust rules "
         "apply their result as is); for fedadam/fedyogi/fedadagrad use 0.01-0.1, because their "
         "first steps move each coordinate by about η(1-β1)/√(1-β2) whatever the delta's size.",
+    )
+    momentum: float = Field(
+        default=0.9,
+        ge=0,
+        lt=1,
+        description="fedavgm: server momentum β (m = β·m + Δ, x += server_lr·m); with "
+        "server_lr 1.0 the step settles at 1/(1-β) times FedAvg's once deltas agree.",
     )
     beta1: float = Field(
         default=0.9, ge=0, lt=1, description="Momentum decay β1 of the adaptive optimizers."
@@ -97,6 +106,8 @@ def _optimizer(config: StrategyConfig) -> ServerOptimizer:
             return FedAdamOptimizer(lr, beta1=beta1, tau=tau, beta2=beta2)
         case "fedyogi":
             return FedYogiOptimizer(lr, beta1=beta1, tau=tau, beta2=beta2)
+        case "fedavgm":
+            return FedAvgMOptimizer(lr, momentum=config.momentum)
         case _:  # fedavg, and the robust rules, which apply their result as FedAvg does
             return FedAvgOptimizer(lr)
 

@@ -4,6 +4,7 @@ The aggregated delta Δ is a pseudo-gradient that already points towards improve
 step adds: x' = x + η·(something of Δ). No bias correction, as in the paper.
 
   FedAvg:     x' = x + η Δ                                     (no state)
+  FedAvgM:    m = β m + Δ                                   x' = x + η m   (Hsu et al. 2019)
   FedAdagrad: m = β1 m + (1−β1) Δ;  v = v + Δ²                  x' = x + η m / (√v + τ)
   FedAdam:    m as above;           v = β2 v + (1−β2) Δ²
   FedYogi:    m as above;           v = v − (1−β2) Δ² sign(v − Δ²)
@@ -104,6 +105,49 @@ class FedAvgOptimizer:
                 for name, d in _float_deltas(model, delta).items()
             }
         return _copy_others(model, moved), {}
+
+
+@dataclass(frozen=True)
+class FedAvgMOptimizer:
+    """Server momentum: m = β·m + Δ, x' = x + server_lr·m (Hsu et al. 2019, "Measuring the
+    Effects of Non-Identical Data Distribution"). Deltas that keep pointing the same way across
+    rounds add up, which is where label-skewed fleets lose most rounds to plain FedAvg; β = 0 is
+    FedAvg. The momentum is state (``m/<tensor>``), checkpointed like the adaptive moments."""
+
+    server_lr: float = 1.0
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check_hyper("server_lr", self.server_lr, low=0.0)
+        _check_hyper("momentum", self.momentum, low=0.0, high=1.0)
+
+    def step(self, model: ArraysIn, delta: ArraysIn, state: ArraysIn) -> tuple[Arrays, Arrays]:
+        deltas = _float_deltas(model, delta)
+        moved: dict[str, npt.NDArray[Any]] = {
+            name: _apply(name, np.asarray(model[name]), d)
+            for name, d in deltas.items()
+            if is_statistic(name)
+        }
+        deltas = {name: d for name, d in deltas.items() if not is_statistic(name)}
+        if state:
+            expected = {f"m/{name}" for name in deltas}
+            if state.keys() != expected:
+                raise StrategyError(
+                    f"server state does not fit the model: missing "
+                    f"{sorted(expected - state.keys())[:4]}, unexpected "
+                    f"{sorted(state.keys() - expected)[:4]}"
+                )
+        beta, lr = np.float32(self.momentum), np.float32(self.server_lr)
+        new_state: Arrays = {}
+        for name, d in deltas.items():
+            previous = _state_entry(state, f"m/{name}", d.shape) if state else np.zeros_like(d)
+            with np.errstate(over="ignore", invalid="ignore"):  # reported by _apply, by name
+                m = beta * previous + d
+                moved[name] = _apply(name, np.asarray(model[name]), lr * m)
+            if not np.isfinite(m).all():
+                raise StrategyError(f"{label(name)}: the momentum overflowed float32")
+            new_state[f"m/{name}"] = np.asarray(m, np.float32)
+        return _copy_others(model, moved), new_state
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from cloud_trainer.strategies import (
     Arrays,
     FedAdagradOptimizer,
     FedAdamOptimizer,
+    FedAvgMOptimizer,
     FedAvgOptimizer,
     FedYogiOptimizer,
     ServerOptimizer,
@@ -39,6 +40,27 @@ def test_fedavg_step_by_hand() -> None:
     model, state = FedAvgOptimizer(server_lr=0.5).step({"w": f32(1, 2)}, {"w": f32(2, -4)}, {})
     np.testing.assert_array_equal(model["w"], [2.0, 0.0])  # [1 + 0.5·2, 2 + 0.5·(−4)]
     assert state == {}
+
+
+def test_fedavgm_by_hand() -> None:
+    x1, x2, state = two_steps(FedAvgMOptimizer(server_lr=0.5, momentum=0.9))
+    # step 1: m = [1, −2];  x = 0.5·m = [0.5, −1]
+    np.testing.assert_allclose(x1["w"], [0.5, -1.0], rtol=RTOL)
+    # step 2: m = 0.9·[1, −2] + [1, 0] = [1.9, −1.8];  x = [0.5 + 0.95, −1 − 0.9]
+    np.testing.assert_allclose(x2["w"], [1.45, -1.9], rtol=RTOL)
+    np.testing.assert_allclose(state["m/w"], [1.9, -1.8], rtol=RTOL)
+
+
+def test_fedavgm_without_momentum_is_fedavg_and_refuses_foreign_state() -> None:
+    model, delta = {"w": f32(1, 2)}, {"w": f32(2, -4)}
+    plain, _ = FedAvgOptimizer(server_lr=0.5).step(model, delta, {})
+    moved, state = FedAvgMOptimizer(server_lr=0.5, momentum=0.0).step(model, delta, {})
+    np.testing.assert_array_equal(moved["w"], plain["w"])
+    with pytest.raises(StrategyError, match="does not fit"):
+        FedAvgMOptimizer().step(model, delta, {"v/w": f32(1, 1)})
+    with pytest.raises(StrategyError, match="momentum"):
+        FedAvgMOptimizer(momentum=1.0)
+    assert set(state) == {"m/w"}
 
 
 def test_fedadagrad_by_hand() -> None:

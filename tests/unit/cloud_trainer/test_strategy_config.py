@@ -13,6 +13,7 @@ from cloud_trainer.strategies import (
     FedAdagradOptimizer,
     FedAdamOptimizer,
     FedAvgAccumulator,
+    FedAvgMOptimizer,
     FedAvgOptimizer,
     FedYogiOptimizer,
     KrumAccumulator,
@@ -25,6 +26,7 @@ from cloud_trainer.strategies import (
 
 EXPECTED = {
     "fedavg": (FedAvgOptimizer, FedAvgAccumulator),
+    "fedavgm": (FedAvgMOptimizer, FedAvgAccumulator),
     "fedadam": (FedAdamOptimizer, FedAvgAccumulator),
     "fedyogi": (FedYogiOptimizer, FedAvgAccumulator),
     "fedadagrad": (FedAdagradOptimizer, FedAvgAccumulator),
@@ -73,7 +75,7 @@ def test_one_round_end_to_end(name: str) -> None:
     new_model, state = strategy.optimizer.step(model, strategy.aggregate(updates), {})
     assert new_model["w"][0] > 0 > new_model["w"][1]
     assert int(new_model["steps"]) == 4
-    assert (state == {}) == (name not in {"fedadam", "fedyogi", "fedadagrad"})
+    assert (state == {}) == (name not in {"fedavgm", "fedadam", "fedyogi", "fedadagrad"})
 
 
 def test_defaults() -> None:
