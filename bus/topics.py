@@ -21,6 +21,8 @@ KAFKA_STATUS = "fleetlearn.status"
 KAFKA_ROUNDS = "fleetlearn.rounds"
 KAFKA_RELEASES = "fleetlearn.releases"
 KAFKA_DLQ = "fleetlearn.dlq"
+# Models trained outside the rounds (DDP on the data stream), offered to the trainer as a base.
+KAFKA_SEEDS = "fleetlearn.seeds"
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _FLEET = re.compile(r"[A-Za-z0-9._-]{1,64}")

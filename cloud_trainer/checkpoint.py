@@ -58,6 +58,9 @@ class RoundState(BaseModel):
     seen: list[str] = Field(default_factory=list, description="ids already counted and still open")
     update_offsets: dict[int, int] = Field(description="updates topic: partition -> next offset")
     status_offsets: dict[int, int] = Field(default_factory=dict)
+    seed_offsets: dict[int, int] = Field(
+        default_factory=dict, description="seeds topic: partition -> next offset"
+    )
     devices: dict[str, DeviceSeen] = Field(default_factory=dict)
     model_sha256: str
     optimizer_sha256: str

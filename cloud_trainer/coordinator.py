@@ -22,7 +22,7 @@ from bus.protocol.selection import draw
 from cloud_trainer.checkpoint import DeviceSeen, RoundState
 from cloud_trainer.config import TrainerConfig
 from cloud_trainer.strategies import Strategy, staleness_weight
-from cloud_trainer.validation import Expected, Verdict, check_update, model_spec
+from cloud_trainer.validation import Expected, Verdict, check_seed, check_update, model_spec
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -221,6 +221,34 @@ class Coordinator:
         self._reset()
         return result
 
+    def adopt(self, model: Mapping[str, npt.NDArray[Any]], round_id: str) -> NewVersion:
+        """Parameters trained elsewhere (a DDP job's seed) become the next version.
+
+        The open round is dropped: its updates are deltas against the old base and would move
+        the seed somewhere nobody trained towards. Server optimizer moments go too, for the same
+        reason. Raises ValidationError naming the first tensor that does not fit the model.
+        """
+        check_seed(self._spec, model)
+        result = NewVersion(
+            version=self.version + 1,
+            parent_version=self.version,
+            round_id=round_id,
+            model={name: np.array(model[name], dtype=x.dtype) for name, x in self.model.items()},
+            update_ids=(),
+            device_ids=(),
+            participants=0,
+            rejected=0,
+            aggregation_s=0.0,
+            train_loss=None,
+        )
+        self.model = result.model
+        self.version += 1
+        self.attempt = 0
+        self.optimizer = {}
+        self.open_rounds = {}
+        self._reset()
+        return result
+
     def abandon(self) -> None:
         """A sync round that missed its deadline with too few updates: try again."""
         self.attempt += 1
@@ -283,7 +311,10 @@ class Coordinator:
     # -- checkpoint -----------------------------------------------------------------------
 
     def state(
-        self, update_offsets: Mapping[int, int], status_offsets: Mapping[int, int]
+        self,
+        update_offsets: Mapping[int, int],
+        status_offsets: Mapping[int, int],
+        seed_offsets: Mapping[int, int] | None = None,
     ) -> dict[str, Any]:
         """The round state as `RoundState` fields (hashes are added by the checkpoint store)."""
         return {
@@ -294,6 +325,7 @@ class Coordinator:
             "seen": self.seen.entries(),
             "update_offsets": dict(update_offsets),
             "status_offsets": dict(status_offsets),
+            "seed_offsets": dict(seed_offsets or {}),
             "devices": {d: s.model_dump() for d, s in sorted(self.devices.items())},
         }
 

@@ -28,6 +28,7 @@ from bus.errors import FleetlearnError, LogError
 from bus.log import Consumer, Log, Producer, Record, open_log
 from bus.protocol import (
     DEFAULT_LIMITS,
+    ModelSeed,
     ModelUpdate,
     RoundAnnouncement,
     Status,
@@ -78,6 +79,8 @@ class TrainerService:
         self.updates: OrderedReader | None = None
         self.status: Consumer | None = None
         self._status_next: dict[int, int] = {}
+        self.seeds: Consumer | None = None
+        self._seed_next: dict[int, int] = {}
 
     def _pipeline(self) -> ReleasePipeline:
         model = self.config.model
@@ -123,6 +126,7 @@ class TrainerService:
                 topics.rounds: 1,
                 topics.releases: 1,
                 topics.dlq: 1,
+                topics.seeds: 1,
             }
         )
         checkpoint = self.checkpoints.load()
@@ -153,6 +157,11 @@ class TrainerService:
         self._status_next = self._offsets(topics.status, state.status_offsets if state else None)
         self.status = self.log.consumer(f"fleetlearn-trainer-{self.config.model.name}-status")
         self.status.assign([(topics.status, p, o) for p, o in sorted(self._status_next.items())])
+        self._seed_next = self._offsets(
+            topics.seeds, (state.seed_offsets or None) if state else None
+        )
+        self.seeds = self.log.consumer(f"fleetlearn-trainer-{self.config.model.name}-seeds")
+        self.seeds.assign([(topics.seeds, p, o) for p, o in sorted(self._seed_next.items())])
         if checkpoint is None:
             self._checkpoint()
         if not self.finished:
@@ -225,6 +234,7 @@ class TrainerService:
         if record is not None:
             self._handle(record)
         self._read_statuses()
+        self._read_seeds()
         self.producer.poll(0)
         coordinator = self.coordinator
         now = self.clock()
@@ -298,6 +308,83 @@ class TrainerService:
             if isinstance(header, Status):
                 self.coordinator.on_status(header, record.timestamp_ms)
 
+    def _read_seeds(self) -> None:
+        """Adopt a model offered on the seeds topic (at most one per step: each is a version)."""
+        assert self.seeds is not None
+        record = self.seeds.poll(0)
+        if record is None:
+            return
+        self._seed_next[record.partition] = record.offset + 1
+        try:
+            message = decode_message(resolve_claim(record.value, self.store, DEFAULT_LIMITS))
+        except FleetlearnError as exc:
+            self._reject(record, str(exc))
+            return
+        header = message.envelope
+        if not isinstance(header, ModelSeed):
+            self._reject(record, f"a {header.kind.value} message on the seeds topic")
+            return
+        if header.model != self.config.model.name or header.fleet != self.config.fleet:
+            log.info(
+                "seed for another model skipped",
+                extra={"id": header.id, "model": header.model, "fleet": header.fleet},
+            )
+            self._checkpoint()  # seeds are rare: record at once that this one is dealt with
+            return
+        try:
+            self._adopt(header, message.tensors)
+        except FleetlearnError as exc:
+            self._reject(record, f"seed refused: {exc}")
+            self._checkpoint()  # seeds are rare: record at once that this one is dealt with
+
+    def _adopt(self, header: ModelSeed, tensors: dict[str, np.ndarray[Any, Any]]) -> None:
+        assert self.coordinator is not None
+        coordinator = self.coordinator
+        dropped = coordinator.round.round_id
+        new = coordinator.adopt(tensors, round_id=f"{header.source}@{header.checkpoint}")
+        strategy = f"seed-{header.source}"[:128]
+        entry = self.pipeline.release(
+            new.model,
+            version=new.version,
+            round_id=None,
+            parent_version=new.parent_version,
+            lineage=Lineage(round_id=None, update_ids=(), device_ids=(), strategy=strategy),
+            extra_metrics={
+                "seed_examples": float(header.num_examples),
+                "seed_checkpoint": float(header.checkpoint),
+            },
+        )
+        if not self.finished:
+            coordinator.next_round(self.clock())
+        self._checkpoint()
+        self.metrics.record(
+            VersionFigures(
+                model=self.config.model.name,
+                version=new.version,
+                round_id=new.round_id,
+                participants=0,
+                rejected=0,
+                aggregation_s=0.0,
+                accuracy=entry.metrics.get("accuracy"),
+                loss=entry.metrics.get("loss"),
+                train_loss=None,
+            )
+        )
+        log.info(
+            "seed adopted",
+            extra={
+                "id": header.id,
+                "source": header.source,
+                "checkpoint": header.checkpoint,
+                "examples": header.num_examples,
+                "version": new.version,
+                "dropped_round": dropped,
+                "accuracy": entry.metrics.get("accuracy"),
+            },
+        )
+        if not self.finished:
+            self._announce(coordinator.round)
+
     def _close(self, new: NewVersion) -> None:
         assert self.coordinator is not None
         assert self.updates is not None
@@ -342,7 +429,7 @@ class TrainerService:
         assert self.coordinator is not None
         assert self.updates is not None
         self._flush()
-        state = self.coordinator.state(self.updates.positions(), self._status_next)
+        state = self.coordinator.state(self.updates.positions(), self._status_next, self._seed_next)
         seq = self.checkpoints.save(state, self.coordinator.model, self.coordinator.optimizer)
         log.info(
             "checkpoint written",
@@ -381,6 +468,7 @@ class TrainerService:
         for closer in (
             self.updates.close if self.updates else None,
             self.status.close if self.status else None,
+            self.seeds.close if self.seeds else None,
             self.producer.close,
             self.log.close,
             self.metrics.close,

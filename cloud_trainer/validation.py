@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bus.errors import ValidationError
 from bus.protocol import ModelUpdate
 
 
@@ -134,3 +135,33 @@ def _check_values(tensors: Mapping[str, npt.NDArray[Any]], max_norm: float | Non
     if max_norm is not None and norm > max_norm:
         return Verdict(f"norm {norm:.6g} is over the bound {max_norm:.6g}", norm)
     return Verdict(None, norm)
+
+
+def check_seed(spec: ModelSpec, tensors: Mapping[str, npt.NDArray[Any]]) -> None:
+    """A seed must be the whole model: every tensor, each of its shape and kind, floats finite.
+
+    Stricter than an update: a seed replaces the model, so nothing may be missing or extra.
+    """
+    missing, extra = sorted(spec.keys() - tensors.keys()), sorted(tensors.keys() - spec.keys())
+    if missing or extra:
+        raise ValidationError(
+            f"a seed must hold exactly the model's tensors: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}",
+            where="seed.tensors",
+        )
+    for name, shape in spec.items():
+        value = np.asarray(tensors[name])
+        where = f"seed.tensors[{name!r}]"
+        if tuple(value.shape) != shape.shape:
+            raise ValidationError(
+                f"shape {list(value.shape)}, the model's is {list(shape.shape)}", where=where
+            )
+        floating = np.issubdtype(value.dtype, np.floating)
+        if floating != shape.floating or value.dtype.kind not in "fiub":
+            raise ValidationError(
+                f"dtype {value.dtype} does not fit the model's "
+                f"{'floating' if shape.floating else 'integer'} tensor",
+                where=where,
+            )
+        if floating and not np.isfinite(value).all():
+            raise ValidationError("holds NaN or Inf", where=where)

@@ -9,6 +9,7 @@ from bus.topics import (
     KAFKA_DLQ,
     KAFKA_RELEASES,
     KAFKA_ROUNDS,
+    KAFKA_SEEDS,
     KAFKA_STATUS,
     KAFKA_UPDATES,
 )
@@ -25,6 +26,8 @@ class TopicMap(BaseModel):
     rounds: str = KAFKA_ROUNDS
     releases: str = KAFKA_RELEASES
     dlq: str = KAFKA_DLQ
+    seeds: str = KAFKA_SEEDS
+    """Read by the trainer only: DDP jobs' models offered as the next base."""
 
 
 class BridgeConfig(BaseModel):

@@ -51,6 +51,7 @@ class MessageKind(StrEnum):
     ROUND = "round"
     RELEASE = "release"
     COMMAND = "command"
+    SEED = "seed"
 
 
 class CodecName(StrEnum):
@@ -294,6 +295,21 @@ class ReleaseManifest(Envelope):
     signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]+={0,2}$")] | None = None
 
 
+class ModelSeed(Envelope):
+    """Whole model parameters trained outside the rounds (the DDP job on the data stream), offered
+    to the trainer of `model` as the base of its next version: the hybrid loop's hand-off."""
+
+    kind: Literal[MessageKind.SEED] = MessageKind.SEED
+    model: Name
+    source: Name
+    """Who trained it, e.g. `ddp-har`; the release's lineage names it."""
+    checkpoint: Count
+    """The source's checkpoint sequence the parameters come from (a re-sent seed repeats it)."""
+    num_examples: Count
+    tensors: TensorSpecs = ()
+    metrics: Metrics = Field(default_factory=dict)
+
+
 ArgValue = bool | int | float | str
 
 
@@ -330,9 +346,12 @@ ENVELOPES: dict[MessageKind, type[Envelope]] = {
     MessageKind.ROUND: RoundAnnouncement,
     MessageKind.RELEASE: ReleaseManifest,
     MessageKind.COMMAND: Command,
+    MessageKind.SEED: ModelSeed,
 }
 
-AnyEnvelope = ModelUpdate | DataBatch | Status | RoundAnnouncement | ReleaseManifest | Command
+AnyEnvelope = (
+    ModelUpdate | DataBatch | Status | RoundAnnouncement | ReleaseManifest | Command | ModelSeed
+)
 
 
 def header_dict(envelope: Envelope) -> dict[str, Any]:

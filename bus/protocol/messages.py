@@ -28,6 +28,7 @@ from bus.protocol.envelopes import (
     DataBatch,
     Envelope,
     MessageKind,
+    ModelSeed,
     ModelUpdate,
     PayloadInfo,
     ReleaseManifest,
@@ -137,13 +138,14 @@ def encode_update(
 
 
 def encode_data(
-    header: DataBatch,
+    header: DataBatch | ModelSeed,
     tensors: Mapping[str, npt.ArrayLike],
     *,
     compress: bool = False,
     limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
-    """Encode a batch of raw samples, listing its tensors in the header."""
+    """Encode a batch of raw samples (or a seed's parameters), listing its tensors in the
+    header."""
     manifest = tuple(_spec(name, value) for name, value in tensors.items())
     return encode_message(
         header.model_copy(update={"tensors": manifest}), tensors, compress=compress, limits=limits
@@ -219,7 +221,7 @@ def parse_header(raw: memoryview | bytes) -> AnyEnvelope:
 
 def _check_decoded_size(envelope: Envelope, limits: Limits) -> None:
     """Bound what the tensor manifest asks a receiver to allocate, before it allocates it."""
-    if not isinstance(envelope, ModelUpdate | DataBatch):
+    if not isinstance(envelope, ModelUpdate | DataBatch | ModelSeed):
         return
     if len(envelope.tensors) > limits.max_tensors:
         raise ValidationError(
@@ -298,6 +300,10 @@ def _check_kind(envelope: Envelope) -> None:
             raise ValidationError("an update must list at least one tensor", where="header.tensors")
     elif isinstance(envelope, DataBatch):
         _require_payload(envelope, "data batch")
+    elif isinstance(envelope, ModelSeed):
+        _require_payload(envelope, "seed")
+        if not envelope.tensors:
+            raise ValidationError("a seed must list at least one tensor", where="header.tensors")
     elif isinstance(envelope, ReleaseManifest):
         if any(f.url is None for f in envelope.files):
             _require_payload(envelope, "release with inline files")
@@ -311,7 +317,7 @@ def _interpret(envelope: Envelope, tensors: Tensors) -> Tensors:
     """Checks between header and payload; returns the tensors callers get."""
     if isinstance(envelope, ModelUpdate):
         return decode_delta(tensors, envelope.codec, envelope.tensors) if envelope.payload else {}
-    if isinstance(envelope, DataBatch):
+    if isinstance(envelope, DataBatch | ModelSeed):
         if envelope.payload is not None:
             _check_manifest(envelope.tensors, tensors)
         return tensors

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bus.config import load_config
 from bus.errors import ValidationError
-from bus.topics import KAFKA_DATA, check_model_name
+from bus.topics import KAFKA_DATA, KAFKA_SEEDS, check_fleet, check_model_name
 
 ENV_PREFIX = "FLEETLEARN_DDP"
 
@@ -54,6 +54,35 @@ class DdpCheckpoint(_Section):
     )
 
 
+class DdpSeed(_Section):
+    """Offer the finished job's model to a federated trainer as its next base (hybrid loop)."""
+
+    model: str = Field(description="the trainer's model.name; its trainer checks the tensors fit")
+    fleet: str = Field("default", description="the trainer's fleet")
+    topic: str = Field(KAFKA_SEEDS, description="the trainer's topics.seeds")
+    max_record_bytes: int = Field(
+        900_000,
+        ge=1024,
+        description="larger seeds go through the object store, the record carries a reference",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        try:
+            return check_model_name(value, where="seed.model")
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet(cls, value: str) -> str:
+        try:
+            return check_fleet(value, where="seed.fleet")
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class DdpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,6 +99,9 @@ class DdpConfig(BaseModel):
     model: DdpModel
     training: DdpTraining = Field(default_factory=DdpTraining)
     checkpoint: DdpCheckpoint = Field(default_factory=DdpCheckpoint)
+    seed: DdpSeed | None = Field(
+        None, description="when set, rank 0 offers the final model to this trainer at the end"
+    )
     poll_s: float = Field(0.2, gt=0, le=5)
 
     @field_validator("job")

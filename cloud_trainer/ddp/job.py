@@ -39,6 +39,7 @@ from cloud_trainer.ddp.checkpoint import (
     set_rng_state,
 )
 from cloud_trainer.ddp.config import DdpConfig
+from cloud_trainer.ddp.seed import publish_seed, seed_message
 from cloud_trainer.ddp.shards import as_ranges, merge_offsets, partitions_for
 from cloud_trainer.ddp.stream import DataRecord, ShardReader
 from models.registry import get_spec
@@ -213,6 +214,8 @@ class DdpJob:
                 self.save()
         if self._samples or self.pointer is None or self.pointer.step != self.step:
             self.save()
+        if self.config.seed is not None and self.where.rank == 0 and self.pointer is not None:
+            self.offer_seed(self.pointer)
         seconds = last_step - first_step if first_step is not None else 0.0
         log.info(
             "job finished",
@@ -319,6 +322,35 @@ class DdpJob:
         self.pointer = pointer
         self._since, self._samples, self._loss_sum = [], 0, 0.0
         return pointer
+
+    def offer_seed(self, pointer: Pointer) -> None:
+        """The final model to the trainer named in `seed` (rank 0, after the last checkpoint)."""
+        seed = self.config.seed
+        assert seed is not None
+        params = {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+        examples = sum(record.samples for record in self.checkpoints.history(pointer))
+        message = seed_message(
+            self.config,
+            params,
+            sequence=pointer.sequence,
+            examples=examples,
+            store=self.checkpoints.store,
+        )
+        producer = self.log.producer()
+        try:
+            publish_seed(producer, seed.topic, message, seed.model)
+        finally:
+            producer.close()
+        log.info(
+            "seed offered",
+            extra={
+                "model": seed.model,
+                "topic": seed.topic,
+                "checkpoint": pointer.sequence,
+                "examples": examples,
+                "bytes": len(message),
+            },
+        )
 
     def close(self) -> None:
         self.reader.consumer.close()

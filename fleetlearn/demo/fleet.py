@@ -54,6 +54,7 @@ def topics_for(run_id: str, shared_log: bool) -> TopicMap:
         rounds=f"{base}.rounds",
         releases=f"{base}.releases",
         dlq=f"{base}.dlq",
+        seeds=f"{base}.seeds",
     )
 
 

@@ -53,7 +53,14 @@ def produce_watch(
 
 
 def ddp_config(
-    path: Path, *, job: str, log_url: str, store_url: str, topic: str, **training: Any
+    path: Path,
+    *,
+    job: str,
+    log_url: str,
+    store_url: str,
+    topic: str,
+    seed: dict[str, Any] | None = None,
+    **training: Any,
 ) -> Path:
     import yaml
 
@@ -66,6 +73,7 @@ def ddp_config(
         "training": {"records_per_step": 2, "idle_stop_s": 3.0, "learning_rate": 0.02, **training},
         "checkpoint": {"every_steps": 10},
         "poll_s": 0.1,
+        **({"seed": seed} if seed else {}),
     }
     path.write_text(yaml.safe_dump(config))
     return path

@@ -62,6 +62,7 @@ def state_fields(version: int = 4, **changes: Any) -> dict[str, Any]:
         "seen": ["m-v000004-1\tfedcba9876543210fedcba9876543210", "m-v000004-1\tm-v000004-1/dev-1"],
         "update_offsets": {0: 17, 1: 3},
         "status_offsets": {0: 99},
+        "seed_offsets": {0: 2},
         "devices": {
             "dev-1": {"last_seen_ms": 1_000_000, "online": True, "model_version": 3},
             "dev-2": {"last_seen_ms": 999_000, "online": False, "model_version": None},
@@ -117,6 +118,7 @@ def test_round_trip_is_bit_exact(store: ObjectStore) -> None:
     assert loaded.state.model_dump(exclude=hashes) == state_fields()
     assert loaded.state.update_offsets == {0: 17, 1: 3}  # int keys survive JSON
     assert loaded.state.status_offsets == {0: 99}
+    assert loaded.state.seed_offsets == {0: 2}
     assert loaded.state.devices["dev-2"].online is False
     assert loaded.state.announcement().sampling.devices == ("dev-1", "dev-2")
     assert len(loaded.state.model_sha256) == len(loaded.state.optimizer_sha256) == 64
