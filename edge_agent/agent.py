@@ -29,10 +29,12 @@ from bus.mqtt.options import MqttOptions
 from bus.protocol import Command, CommandName, RoundAnnouncement, Status, decode_message
 from bus.protocol import encode_message as encode
 from bus.topics import cmd_topic, default_prefix, release_topic, rounds_topic, status_topic
+from bus.topics import data_topic as device_data_topic
 from bus.topics import update_topic as device_update_topic
 from edge_agent.buffer import Sample, SampleBuffer
 from edge_agent.collectors import Collector, build_collector
 from edge_agent.config import EdgeConfig
+from edge_agent.data_upload import DataUploader
 from edge_agent.metrics import EdgeMetrics
 from edge_agent.model_manager import ModelManager, weights_file
 from edge_agent.model_store import ModelStore
@@ -125,6 +127,19 @@ class EdgeAgent:
         self.client.subscribe(rounds_topic(self.prefix), self._inbound)
         self.client.subscribe(cmd_topic(self.prefix, config.device_id), self._inbound)
         self.sender = OutboxSender(self.outbox, self.client, window=config.outbox.window)
+        self.uploader: DataUploader | None = None
+        if config.data_upload.enabled:  # raw data leaves the device only when its owner says so
+            self.uploader = DataUploader(
+                config.data_upload,
+                buffer=self.buffer,
+                outbox=self.outbox,
+                topic=self.data_topic,
+                fleet=config.fleet,
+                device_id=config.device_id,
+                metrics=self.metrics,
+            )
+        else:
+            DataUploader.forget(self.outbox)
         self._events: queue.Queue[MqttMessage] = queue.Queue(maxsize=1000)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -146,6 +161,10 @@ class EdgeAgent:
     @property
     def update_topic(self) -> str:
         return device_update_topic(self.prefix, self.config.device_id)
+
+    @property
+    def data_topic(self) -> str:
+        return device_data_topic(self.prefix, self.config.device_id)
 
     def _status(self, *, online: bool = True) -> Status:
         if not online:  # the Last Will: fixed when connecting, so it says only "offline"
@@ -245,7 +264,15 @@ class EdgeAgent:
         now = time.monotonic()
         self._ensure_connected(now)
         with self._db_lock:
-            self.metrics.updates_sent.inc(self.sender.step())
+            acked = self.sender.step()
+            if self.uploader is not None:
+                try:
+                    self.uploader.step(now)
+                except Exception:  # the upload must not stop the device; it looks again later
+                    log.exception("data upload failed")
+        if acked:
+            self.metrics.updates_sent.inc(acked.count(self.update_topic))
+            self.metrics.data_batches_sent.inc(acked.count(self.data_topic))
         self._finish_training()
         self._maybe_train(now)
         if self.client.connected and now >= self._next_heartbeat:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +41,12 @@ END;
 CREATE TRIGGER IF NOT EXISTS samples_removed AFTER DELETE ON samples BEGIN
     UPDATE totals SET rows = rows - 1, bytes = bytes - length(OLD.features) WHERE id = 1;
 END;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', lower(hex(randomblob(16))));
 """
 
 MAX_FEATURES = 1 << 20  # one sample's vector; a larger one is a collector bug, not data
+READ_CHUNK = 256  # rows per query when reading forward from a position
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class SampleBuffer:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self._db = open_wal(path, SCHEMA, synchronous=synchronous.upper())
+        # A random id drawn when the file was created. Sequence numbers (`seq`) are positions
+        # in this file only: a new file (the old one deleted) numbers its samples from 1 again.
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        self.instance = str(row[0])
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -143,6 +150,32 @@ class SampleBuffer:
             [*args, limit, skip],
         ).fetchall()
         return [_sample(row) for row in reversed(rows)]
+
+    def last_seq(self) -> int:
+        """The newest sequence number ever given (0 for none); it never goes back, even when
+        retention has emptied the table (AUTOINCREMENT keeps it in sqlite_sequence)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'samples'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def after(self, seq: int, *, stream: str) -> Iterator[tuple[int, Sample]]:
+        """The samples of `stream` after position `seq`, oldest first, read lazily in chunks;
+        stop iterating whenever enough were read."""
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, stream, at, features, label FROM samples "
+                "WHERE seq > ? AND stream = ? ORDER BY seq LIMIT ?",
+                (seq, stream, READ_CHUNK),
+            ).fetchall()
+            for row in rows:
+                yield int(row[0]), _sample(row[1:])
+            if len(rows) < READ_CHUNK:
+                return
+            seq = int(rows[-1][0])
+
+    def streams_after(self, seq: int) -> set[str]:
+        """The streams with samples after position `seq`."""
+        rows = self._db.execute("SELECT DISTINCT stream FROM samples WHERE seq > ?", (seq,))
+        return {str(row[0]) for row in rows}
 
     def window(self, limit: int, *, skip: int = 0, stream: str | None = None) -> Window:
         """The newest samples as arrays; all must have the same width (one model's input)."""

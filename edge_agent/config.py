@@ -7,16 +7,19 @@ Raspberry Pi can live with except the device id and the broker URL.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bus.config import load_config
 from bus.errors import ValidationError
 from bus.topics import check_device_id, check_fleet
 
 ENV_PREFIX = "FLEETLEARN_EDGE"
+# What a data batch's `stream` may be on the wire (docs/protocol.md, names).
+STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class _Section(BaseModel):
@@ -149,6 +152,88 @@ class LocalTrainingConfig(_Section):
     gate: GateConfig = GateConfig()
 
 
+class DataUploadConfig(_Section):
+    """Raw samples to the cloud: `{p}/devices/{id}/data`, which the bridge carries into
+    `fleetlearn.data`, the DDP job's stream. Off unless the device's owner opts in."""
+
+    enabled: bool = Field(False, description="send raw samples at all; off: none leave the device")
+    streams: list[str] | None = Field(
+        None, description="buffer streams to send; None = every stream the buffer holds"
+    )
+    labelled_only: bool = Field(
+        True,
+        description="send labelled samples only (the DDP job trains on labels); False also "
+        "sends unlabelled ones, in batches of their own that carry no `y`",
+    )
+    sample_shape: list[int] | None = Field(
+        None,
+        description="the shape one flat sample takes as the cloud model's input (the DDP "
+        "job's model.input_shape, e.g. [6, 100]); samples of another size are not sent. "
+        "None = flat, as buffered",
+    )
+    label_names: list[str] | None = Field(
+        None, description="class names, sent with every batch; a label beyond them is not sent"
+    )
+    batch_samples: int = Field(64, ge=1, le=65536, description="samples per message at most")
+    interval_s: float = Field(10.0, gt=0, le=86400, description="how often to look for samples")
+    max_samples_per_hour: int = Field(
+        0,
+        ge=0,
+        description="samples queued in any rolling hour at most (a metered link); 0 = no cap. "
+        "At the cap the position waits and nothing is dropped",
+    )
+    max_queued_batches: int = Field(
+        100,
+        ge=1,
+        description="batches waiting in the outbox at most (offline); beyond it samples wait "
+        "in the buffer. At most half the outbox, so updates always find room",
+    )
+    from_start: bool = Field(
+        False,
+        description="when first enabled, also send what the buffer already holds; False = only "
+        "samples collected from then on",
+    )
+
+    @field_validator("streams")
+    @classmethod
+    def _stream_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("list at least one stream, or leave it out (null) for every stream")
+        bad = [name for name in value if not STREAM_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"stream names must be 1-128 of A-Z a-z 0-9 . _ - (got {bad})")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a stream is listed twice ({value})")
+        return value
+
+    @field_validator("sample_shape")
+    @classmethod
+    def _shape(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and not (1 <= len(value) <= 7 and all(d >= 1 for d in value)):
+            raise ValueError(f"1 to 7 dimensions of at least 1 (got {value})")
+        return value
+
+    @field_validator("label_names")
+    @classmethod
+    def _label_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not (
+            1 <= len(value) <= 1024 and all(1 <= len(n) <= 256 for n in value)
+        ):
+            raise ValueError("1 to 1024 names of 1 to 256 characters each")
+        return value
+
+    @model_validator(mode="after")
+    def _cap_fits_a_batch(self) -> Self:
+        if 0 < self.max_samples_per_hour < self.batch_samples:
+            raise ValueError(
+                f"max_samples_per_hour {self.max_samples_per_hour} is below batch_samples "
+                f"{self.batch_samples}: lower batch_samples or raise the cap"
+            )
+        return self
+
+
 class EdgeConfig(_Section):
     device_id: str
     fleet: str = "default"
@@ -161,6 +246,7 @@ class EdgeConfig(_Section):
     outbox: OutboxConfig = OutboxConfig()
     model: ModelConfig
     training: LocalTrainingConfig = LocalTrainingConfig()
+    data_upload: DataUploadConfig = DataUploadConfig()
     metrics_port: int | None = Field(None, description="serve Prometheus metrics on this port")
     metrics_host: str = "127.0.0.1"
 
@@ -182,6 +268,26 @@ class EdgeConfig(_Section):
         if twice:
             raise ValueError(f"collector names must be unique (twice: {twice})")
         return value
+
+    @model_validator(mode="after")
+    def _data_upload_fits(self) -> Self:
+        upload = self.data_upload
+        if not upload.enabled:
+            return self
+        if upload.max_queued_batches > self.outbox.max_messages // 2:
+            raise ValueError(
+                f"data_upload.max_queued_batches {upload.max_queued_batches} is more than half "
+                f"of outbox.max_messages {self.outbox.max_messages}: updates need the room"
+            )
+        if upload.streams is None:
+            bad = sorted({c.stream for c in self.collectors if not STREAM_NAME.fullmatch(c.stream)})
+            if bad:
+                raise ValueError(
+                    f"data_upload sends every stream, and streams {bad} have names a data batch "
+                    "cannot carry (1-128 of A-Z a-z 0-9 . _ -): rename them or list data_upload."
+                    "streams"
+                )
+        return self
 
 
 def _checked(check: Any, value: str) -> str:

@@ -32,6 +32,33 @@ class EdgeMetrics:
         self.outbox_messages = Gauge("edge_outbox_messages", "updates not yet acked", registry=r)
         self.model_version = Gauge("edge_model_version", "active model version", registry=r)
         self.connected = Gauge("edge_connected", "1 while the broker connection is up", registry=r)
+        self.data_samples_queued = Counter(
+            "edge_data_samples_queued",
+            "raw samples put in the outbox for the data topic",
+            ["stream"],
+            registry=r,
+        )
+        self.data_batches_queued = Counter(
+            "edge_data_batches_queued", "data batches put in the outbox", ["stream"], registry=r
+        )
+        self.data_batches_sent = Counter(
+            "edge_data_batches_acknowledged", "data batches the broker acknowledged", registry=r
+        )
+        self.data_samples_skipped = Counter(
+            "edge_data_samples_skipped",
+            "samples the upload passes over (unlabelled, shape, label)",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.data_waits = Counter(
+            "edge_data_upload_waits",
+            "looks that left samples waiting in the buffer (cap, queue, outbox_full)",
+            ["reason"],
+            registry=r,
+        )
+        self.data_batches_waiting = Gauge(
+            "edge_data_batches_waiting", "data batches in the outbox, not yet acked", registry=r
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -96,10 +96,12 @@ class AgentProcess:
 
 
 class Watcher:
-    """Everything published under a prefix, decoded; by kind for the waits."""
+    """Everything published under a prefix, decoded; by kind for the waits. The bytes as
+    they arrived are kept beside each decoded message (what the bridge would carry on)."""
 
     def __init__(self, url: str, topic_filter: str, **options: Any) -> None:
         self.messages: list[tuple[str, Message]] = []
+        self.payloads: list[bytes] = []
         self.undecodable: list[str] = []
         self._lock = threading.Lock()
         self.client: MqttClient = connect_mqtt(
@@ -118,6 +120,15 @@ class Watcher:
             return
         with self._lock:
             self.messages.append((message.topic, decoded))
+            self.payloads.append(bytes(message.payload))
+
+    def raw(self, kind: str, topic_suffix: str = "") -> list[tuple[Message, bytes]]:
+        with self._lock:
+            return [
+                (m, raw)
+                for (t, m), raw in zip(self.messages, self.payloads, strict=True)
+                if str(m.kind) == kind and t.endswith(topic_suffix)
+            ]
 
     def of(self, kind: str, topic_suffix: str = "") -> list[Message]:
         with self._lock:

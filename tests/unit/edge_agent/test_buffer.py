@@ -145,3 +145,30 @@ def test_a_kill_9_while_appending_loses_at_most_the_sample_being_written(tmp_pat
     assert len(buffer) == 500
     window = buffer.window(500)
     assert window.features[:, 0].tolist() == [float(v) for v in window.labels.tolist()]  # type: ignore[union-attr]
+
+
+def test_reading_forward_from_a_position_by_stream(tmp_path: Path) -> None:
+    buffer = SampleBuffer(tmp_path / "buffer.db", max_rows=600)
+    buffer.extend(Sample(vector(i), stream="a" if i % 3 else "b") for i in range(700))
+    assert buffer.last_seq() == 700
+    after = list(buffer.after(0, stream="a"))  # the 100 oldest went: positions 101-700 remain
+    assert [seq for seq, _ in after] == [s for s in range(101, 701) if (s - 1) % 3]
+    assert all(sample.features[0] == seq - 1 for seq, sample in after)
+    assert [seq for seq, _ in buffer.after(690, stream="b")] == [691, 694, 697, 700]
+    assert buffer.streams_after(698) == {"a", "b"}
+    assert buffer.streams_after(699) == {"b"}
+
+
+def test_positions_belong_to_one_buffer_file(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    buffer = SampleBuffer(path, max_rows=5)
+    assert buffer.last_seq() == 0
+    instance = buffer.instance
+    buffer.extend(Sample(vector(i)) for i in range(8))
+    buffer.close()
+    again = SampleBuffer(path, max_rows=5)
+    assert again.instance == instance
+    assert again.last_seq() == 8  # never reused, though the oldest were dropped
+    again.close()
+    path.unlink()
+    assert SampleBuffer(path).instance != instance

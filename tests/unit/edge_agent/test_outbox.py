@@ -98,3 +98,38 @@ def test_every_put_that_returned_survives_a_kill_9(tmp_path: Path) -> None:
     ids = [e.message_id for e in Outbox(path).pending(100_000)]
     assert ids[: returned + 1] == [f"id-{i}" for i in range(returned + 1)]
     assert len(ids) in (returned + 1, returned + 2)  # the put in progress may have committed
+
+
+def test_a_mark_is_kept_with_its_message_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", max_messages=2)
+    assert outbox.mark("pos") is None
+    outbox.put("f/devices/d/data", b"batch", "id-1", mark=("pos", "10"))
+    assert outbox.mark("pos") == "10"
+    outbox.put("f/devices/d/data", b"batch", "id-2", mark=("pos", "20"))
+    with pytest.raises(OutboxFullError):
+        outbox.put("f/devices/d/data", b"batch", "id-3", mark=("pos", "30"))
+    assert outbox.mark("pos") == "20"
+
+    def broken(key: str, value: str) -> None:
+        raise RuntimeError("disk gone")
+
+    outbox.remove("id-2")
+    monkeypatch.setattr(outbox, "_set_mark", broken)
+    with pytest.raises(RuntimeError):
+        outbox.put("f/devices/d/data", b"batch", "id-4", mark=("pos", "40"))
+    monkeypatch.undo()
+    assert [e.message_id for e in outbox.pending()] == ["id-1"]  # the message rolled back too
+    outbox.set_mark("pos", None)
+    outbox.close()
+    assert Outbox(tmp_path / "outbox.db").mark("pos") is None
+
+
+def test_totals_by_topic(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    outbox.put("f/devices/d/update", b"uu", "u1")
+    outbox.put("f/devices/d/data", b"ddd", "d1")
+    outbox.put("f/devices/d/data", b"d", "d2")
+    assert outbox.totals("f/devices/d/data") == (2, 4)
+    assert outbox.totals() == (3, 6)
