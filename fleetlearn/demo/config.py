@@ -21,7 +21,15 @@ from bus.urls import parse_url
 DatasetName = Literal["motion", "mnist", "tweets"]
 Partition = Literal["natural", "iid", "dirichlet"]
 DemoStrategy = Literal[
-    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum"
+    "fedavg",
+    "fedavgm",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "median",
+    "trimmed_mean",
+    "krum",
 ]
 
 
