@@ -94,7 +94,7 @@ def test_topk_error_feedback_over_two_rounds() -> None:
 
 
 def test_topk_packs_every_tensor_into_one_byte_string_in_manifest_order() -> None:
-    delta = {
+    delta: dict[str, np.ndarray] = {
         "a": np.array([0.0, 2.0, 0.0, -1.0], dtype=np.float32),
         "bn.running_mean": np.array([0.5, -0.25], dtype=np.float32),
         "steps": np.array([3], dtype=np.int64),
