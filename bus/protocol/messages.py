@@ -69,20 +69,25 @@ def encode_message(
 ) -> bytes:
     """Frame `envelope` with `tensors` as its payload, filling in the payload info itself.
 
-    The result is checked as a receiver would check it, so nothing is sent that would be refused.
+    `compress` zstd-compresses the payload and the header (the header only where that makes it
+    smaller). The result is checked as a receiver would check it, so nothing is sent that would
+    be refused.
     """
     raw = write_tensors(tensors) if tensors else b""
     if len(raw) > limits.max_raw_payload_bytes:
         raise ValidationError(
             f"{len(raw)} bytes, over the limit of {limits.max_raw_payload_bytes}", where="payload"
         )
+    compress_header = compress
     compress = compress and bool(raw)
     payload = zstandard.ZstdCompressor(level=level).compress(raw) if compress else raw
     info = _payload_info(raw, payload, compress) if raw else None
     fields = envelope.model_dump(mode="json", by_alias=True) | {
         "payload": info and info.model_dump(mode="json")
     }
-    header = _aligned(json.dumps(fields, separators=(",", ":")).encode())
+    header = json.dumps(fields, separators=(",", ":")).encode()
+    if not compress:  # a compressed payload is read from its own buffer: nothing to align
+        header = _aligned(header)
     if len(header) > limits.max_header_bytes:
         raise ValidationError(
             f"{len(header)} bytes, over the limit of {limits.max_header_bytes}", where="header"
@@ -91,7 +96,7 @@ def encode_message(
     _check_kind(checked)
     _check_decoded_size(checked, limits)
     _interpret(checked, read_tensors(memoryview(raw), limits) if raw else {})
-    frame = pack_frame(header, payload, compressed=compress)
+    frame = pack_frame(header, payload, compressed=compress, compress_header=compress_header)
     if len(frame) > limits.max_message_bytes:
         raise ValidationError(
             f"message is {len(frame)} bytes, over the limit of {limits.max_message_bytes}; "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from bus.protocol import (
     peek_header,
     signing_bytes,
 )
-from bus.protocol.frame import pack_frame
+from bus.protocol.frame import FLAG_ZSTD, FLAG_ZSTD_HEADER, pack_frame, unpack_frame
 from tests.unit.bus.protocol_samples import samples
 
 SETTINGS = settings(max_examples=150, deadline=None)
@@ -52,14 +51,18 @@ CODECS.append(CodecSpec(name="topk", topk_ratio=0.3))
 
 
 def _header(data: bytes) -> dict[str, Any]:
-    length = struct.unpack_from("<I", data, 8)[0]
-    header: dict[str, Any] = json.loads(data[12 : 12 + length])
+    header: dict[str, Any] = json.loads(bytes(unpack_frame(data).header))
     return header
 
 
 def _reframe(data: bytes, header: dict[str, Any]) -> bytes:
-    length = struct.unpack_from("<I", data, 8)[0]
-    return pack_frame(json.dumps(header).encode(), data[12 + length :], compressed=data[5] == 1)
+    frame = unpack_frame(data)
+    return pack_frame(
+        json.dumps(header).encode(),
+        bytes(frame.payload),
+        compressed=frame.compressed,
+        compress_header=frame.header_compressed,
+    )
 
 
 def _round_trip(data: bytes, sent: Envelope, compress: bool) -> Envelope:
@@ -71,7 +74,8 @@ def _round_trip(data: bytes, sent: Envelope, compress: bool) -> Envelope:
     )
     if decoded.payload is not None:
         assert decoded.payload.compression == ("zstd" if compress else "none")
-        assert data[5] == int(compress)
+        assert data[5] & FLAG_ZSTD == int(compress)
+    assert compress or not data[5] & FLAG_ZSTD_HEADER
     return decoded
 
 
@@ -181,8 +185,10 @@ def test_status_round_trips(
         on_battery=battery,
         agent_version=agent,
     )
-    for compress in (False, True):  # no payload: the flag stays off either way
-        _round_trip(encode_message(status, compress=compress), status, False)
+    for compress in (False, True):  # no payload: only the header may be compressed
+        data = encode_message(status, compress=compress)
+        _round_trip(data, status, compress)
+        assert not data[5] & FLAG_ZSTD
 
 
 @SETTINGS
@@ -414,9 +420,8 @@ def test_overflowing_numbers_are_not_finite() -> None:
     header = _header(data)
     header["created_at"] = "OVERFLOW"
     raw = json.dumps(header).replace('"OVERFLOW"', "1e400").encode()
-    length = struct.unpack_from("<I", data, 8)[0]
     with pytest.raises(ValidationError, match="finite") as caught:
-        decode_message(pack_frame(raw, data[12 + length :], compressed=False))
+        decode_message(pack_frame(raw, bytes(unpack_frame(data).payload), compressed=False))
     assert caught.value.where == "header.created_at"
 
 

@@ -27,7 +27,7 @@ from bus.protocol import (
     signing_bytes,
     write_tensors,
 )
-from bus.protocol.frame import pack_frame
+from bus.protocol.frame import FLAG_ZSTD, FLAG_ZSTD_HEADER, pack_frame
 from tests.unit.bus.protocol_samples import samples, update_header
 
 
@@ -53,7 +53,7 @@ def test_every_kind_round_trips(compress: bool) -> None:
 def test_update_round_trip_values_and_compression_flag() -> None:
     delta = {"w": np.array([[0.5, -1.0]], dtype=np.float32)}
     data, _ = encode_update(update_header("fp32"), delta, compress=True)
-    assert data[5] == 1
+    assert data[5] == FLAG_ZSTD | FLAG_ZSTD_HEADER
     message = decode_message(data)
     np.testing.assert_array_equal(message.tensors["w"], delta["w"])
     envelope = message.envelope

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 from bus.errors import ProtocolError
 from bus.protocol import decode_message, peek_header
-from bus.protocol.frame import pack_frame
+from bus.protocol.frame import FLAG_ZSTD, pack_frame, unpack_frame
 from bus.protocol.tensors import read_tensors
 from tests.unit.bus.protocol_samples import samples
 
@@ -93,9 +92,9 @@ json_values = st.recursive(
 
 
 def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
-    length = struct.unpack_from("<I", data, 8)[0]
-    header: dict[str, Any] = json.loads(data[12 : 12 + length])
-    return header, data[12 + length :]
+    frame = unpack_frame(data)
+    header: dict[str, Any] = json.loads(bytes(frame.header))
+    return header, bytes(frame.payload)
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -127,7 +126,7 @@ def test_valid_frames_with_one_header_value_swapped(data: st.DataObject) -> None
     elif isinstance(target, dict):
         del target[path[-1]]
     raw = json.dumps(header).encode()
-    _only_protocol_errors(pack_frame(raw, payload, compressed=original[5] == 1))
+    _only_protocol_errors(pack_frame(raw, payload, compressed=bool(original[5] & FLAG_ZSTD)))
 
 
 @FUZZ
