@@ -11,6 +11,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 log = logging.getLogger(__name__)
 
+# A round lasts from seconds (a buffer filling in a test) to hours (a sync round waiting on
+# devices that train overnight); `deadline_s` defaults to 300.
+ROUND_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
+
 
 @dataclass(frozen=True)
 class VersionFigures:
@@ -23,6 +27,7 @@ class VersionFigures:
     accuracy: float | None
     loss: float | None
     train_loss: float | None
+    round_s: float | None = None  # announcement to close; None: not a round that closed
 
 
 class TrainerMetrics:
@@ -76,6 +81,15 @@ class TrainerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.round_duration = Histogram(
+            "trainer_round_duration_seconds",
+            "from a round's announcement to its close (async: a version's round to its buffer "
+            "filling)",
+            ["model"],
+            buckets=ROUND_BUCKETS,
+            registry=self.registry,
+        )
+        self.round_duration.labels(model)  # exported (at 0) before the first round closes
         self._writer: Any = None
         if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter  # only where event files are asked for
@@ -95,6 +109,8 @@ class TrainerMetrics:
         self.version.labels(*labels).set(figures.version)
         self.participants.labels(*labels).set(figures.participants)
         self.aggregation.labels(*labels).observe(figures.aggregation_s)
+        if figures.round_s is not None:
+            self.round_duration.labels(*labels).observe(figures.round_s)
         if figures.accuracy is not None:
             self.accuracy.labels(*labels).set(figures.accuracy)
         if figures.loss is not None:
@@ -108,6 +124,7 @@ class TrainerMetrics:
                 "participants": figures.participants,
                 "rejected": figures.rejected,
                 "aggregation_s": round(figures.aggregation_s, 6),
+                "round_s": None if figures.round_s is None else round(figures.round_s, 3),
                 "accuracy": figures.accuracy,
                 "loss": figures.loss,
                 "train_loss": figures.train_loss,
@@ -119,6 +136,7 @@ class TrainerMetrics:
                 ("round/participants", figures.participants),
                 ("round/rejected", figures.rejected),
                 ("round/aggregation_s", figures.aggregation_s),
+                ("round/duration_s", figures.round_s),
                 ("heldout/accuracy", figures.accuracy),
                 ("heldout/loss", figures.loss),
                 ("devices/train_loss", figures.train_loss),

@@ -10,7 +10,13 @@ The order of effects at a round's close is what makes a kill at any moment harml
 Killed before 3, a restart replays the round from the previous checkpoint's offsets and
 releases the same version again; killed after 3, it re-announces the stored round. Rejected
 updates go to the dead-letter topic as they are met, and again if met again after a restart
-(the dead-letter topic is at-least-once; the aggregate is exactly-once).
+(the dead-letter topic is at-least-once; the aggregate is exactly-once). A seed adopted from the
+DDP job takes the place of 1 and then goes through the same steps (`_publish`).
+
+A round's duration (`trainer_round_duration_seconds`) runs from its announcement's `created_at`
+to the step that decides to close it, both read from the service's clock. The announcement is
+part of the checkpoint, so a round announced before a restart is measured from when it really
+was announced (downtime included), never from the restart.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from cloud_trainer.metrics import TrainerMetrics, VersionFigures
 from cloud_trainer.ordered import OrderedReader
 from cloud_trainer.release import (
     Lineage,
+    RegistryEntry,
     ReleaseConfig,
     ReleasePipeline,
     load_private_key,
@@ -240,7 +247,8 @@ class TrainerService:
         now = self.clock()
         decision = coordinator.decide(now, self.updates.caught_up)
         if decision == "close":
-            self._close(coordinator.close())
+            round_s = self._round_seconds(coordinator.round, now)
+            self._close(coordinator.close(), round_s=round_s)
         elif decision == "abandon":
             log.warning(
                 "round abandoned: too few updates by the deadline",
@@ -343,32 +351,14 @@ class TrainerService:
         dropped = coordinator.round.round_id
         new = coordinator.adopt(tensors, round_id=f"{header.source}@{header.checkpoint}")
         strategy = f"seed-{header.source}"[:128]
-        entry = self.pipeline.release(
-            new.model,
-            version=new.version,
+        entry = self._publish(
+            new,
             round_id=None,
-            parent_version=new.parent_version,
             lineage=Lineage(round_id=None, update_ids=(), device_ids=(), strategy=strategy),
             extra_metrics={
                 "seed_examples": float(header.num_examples),
                 "seed_checkpoint": float(header.checkpoint),
             },
-        )
-        if not self.finished:
-            coordinator.next_round(self.clock())
-        self._checkpoint()
-        self.metrics.record(
-            VersionFigures(
-                model=self.config.model.name,
-                version=new.version,
-                round_id=new.round_id,
-                participants=0,
-                rejected=0,
-                aggregation_s=0.0,
-                accuracy=entry.metrics.get("accuracy"),
-                loss=entry.metrics.get("loss"),
-                train_loss=None,
-            )
         )
         log.info(
             "seed adopted",
@@ -382,18 +372,12 @@ class TrainerService:
                 "accuracy": entry.metrics.get("accuracy"),
             },
         )
-        if not self.finished:
-            self._announce(coordinator.round)
 
-    def _close(self, new: NewVersion) -> None:
-        assert self.coordinator is not None
-        assert self.updates is not None
+    def _close(self, new: NewVersion, *, round_s: float | None = None) -> None:
         train_loss = {"train_loss": new.train_loss} if new.train_loss is not None else {}
-        entry = self.pipeline.release(
-            new.model,
-            version=new.version,
+        self._publish(
+            new,
             round_id=new.round_id,
-            parent_version=new.parent_version,
             lineage=Lineage(
                 round_id=new.round_id,
                 update_ids=new.update_ids,
@@ -405,6 +389,28 @@ class TrainerService:
                 "aggregation_s": new.aggregation_s,
                 **train_loss,
             },
+            round_s=round_s,
+        )
+
+    def _publish(
+        self,
+        new: NewVersion,
+        *,
+        round_id: str | None,
+        lineage: Lineage,
+        extra_metrics: dict[str, float],
+        round_s: float | None = None,
+    ) -> RegistryEntry:
+        """Steps 2 to 4 for a new version, whether a round closed or a seed was adopted:
+        release it, move to the next round, checkpoint, record its figures, announce."""
+        assert self.coordinator is not None
+        entry = self.pipeline.release(
+            new.model,
+            version=new.version,
+            round_id=round_id,
+            parent_version=new.parent_version,
+            lineage=lineage,
+            extra_metrics=extra_metrics,
         )
         if not self.finished:
             self.coordinator.next_round(self.clock())
@@ -420,10 +426,28 @@ class TrainerService:
                 accuracy=entry.metrics.get("accuracy"),
                 loss=entry.metrics.get("loss"),
                 train_loss=new.train_loss,
+                round_s=round_s,
             )
         )
         if not self.finished:
             self._announce(self.coordinator.round)
+        return entry
+
+    def _round_seconds(self, announcement: RoundAnnouncement, closed_at: float) -> float | None:
+        """Seconds from the round's announcement to `closed_at`; None when the clock reads
+        earlier than the announcement (set back, or another machine's clock before a restart)."""
+        seconds = closed_at - announcement.created_at
+        if seconds < 0:
+            log.warning(
+                "round duration not recorded: the clock is behind the round's announcement",
+                extra={
+                    "round": announcement.round_id,
+                    "announced_at": announcement.created_at,
+                    "now": closed_at,
+                },
+            )
+            return None
+        return seconds
 
     def _checkpoint(self) -> None:
         assert self.coordinator is not None

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bus.config import load_config
 from bus.errors import ValidationError
 from bus.topics import check_device_id, check_fleet
 
 ENV_PREFIX = "FLEETLEARN_EDGE"
+AUTO_SUBJECT: Final = "auto"  # a replay collector's subject chosen from the device id
 # What a data batch's `stream` may be on the wire (docs/protocol.md, names).
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -60,7 +68,17 @@ class ReplayCollectorConfig(_Section):
     name: str = "replay"
     stream: str = "default"
     dataset: str = Field("watch", description="a name from models.datasets")
-    subject: int = Field(0, ge=0, description="which group (subject) of the data set to play")
+    subject: int | Literal["auto"] = Field(
+        0,
+        description="which group (subject) of the data set to play, or this device's share "
+        "(0 to devices - 1) of a set without subjects; `auto`: chosen from `device_id` by a "
+        "stable hash, so the replicas of a simulated fleet spread over the subjects",
+    )
+    device_id: str | None = Field(
+        None,
+        description="subject auto: the id whose hash picks the subject; None = the device's "
+        "own device_id (EdgeConfig fills it in)",
+    )
     devices: int | None = Field(
         None, ge=1, description="data sets without subjects: deal rows to this many devices"
     )
@@ -85,6 +103,28 @@ class ReplayCollectorConfig(_Section):
     loop: bool = Field(False, description="start again at the end")
     standardize: bool = Field(True, description="scale features with the whole data set's stats")
     seed: int = 0
+
+    @field_validator("subject", mode="before")
+    @classmethod
+    def _subject(cls, value: Any) -> Any:
+        # A plain int or the one word: no 3.0, no True, no "Auto" slipping through lax parsing.
+        if value == AUTO_SUBJECT or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ):
+            return value
+        if isinstance(value, str) and value.isascii() and value.isdigit():  # quoted, e.g. "3"
+            return int(value)
+        raise ValueError(
+            f"subject must be a subject number (an integer, 0 or more) or {AUTO_SUBJECT!r} "
+            f"(picked from the device id), not {value!r}"
+        )
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str | None) -> str | None:
+        if value is not None and not value:
+            raise ValueError("device_id must not be empty (leave it out for the device's own)")
+        return value
 
 
 class PluginCollectorConfig(_Section):
@@ -259,6 +299,20 @@ class EdgeConfig(_Section):
     @classmethod
     def _fleet(cls, value: str) -> str:
         return _checked(check_fleet, value)
+
+    @field_validator("collectors")
+    @classmethod
+    def _replay_device_id(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        """Replay collectors pick `subject: auto` from this device's id unless given another."""
+        device_id = info.data.get("device_id")  # absent when it failed its own validation
+        if device_id is None:
+            return value
+        return [
+            c.model_copy(update={"device_id": device_id})
+            if isinstance(c, ReplayCollectorConfig) and c.device_id is None
+            else c
+            for c in value
+        ]
 
     @field_validator("collectors")
     @classmethod

@@ -2,19 +2,30 @@
 
 Asynchronous buffered rounds (FedBuff) end to end: versions are made every `buffer_size`
 updates, a stale update still counts (weighted down) while within `max_staleness`, an older one
-goes to the dead-letter topic, and every version is released and checkpointed.
+goes to the dead-letter topic, and every version is released and checkpointed. Sync rounds
+measured on the service's clock, across a restart; a seed adopted as a version.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bus.errors import ConfigError
 from bus.log import consume, open_log
-from bus.protocol import CodecSpec, ModelUpdate, decode_message, encode_update
+from bus.protocol import (
+    CodecSpec,
+    ModelSeed,
+    ModelUpdate,
+    decode_message,
+    encode_data,
+    encode_update,
+)
 from bus.store import open_store
 from cloud_trainer.checkpoint import CheckpointStore
 from cloud_trainer.config import TrainerConfig
@@ -49,11 +60,11 @@ def config(tmp_path: Path) -> TrainerConfig:
     )
 
 
-def update(device: str, version: int, value: float, examples: int) -> bytes:
+def update(device: str, version: int, value: float, examples: int, suffix: str = "a") -> bytes:
     header = ModelUpdate(
         fleet="farm",
         device_id=device,
-        round_id=f"{MODEL}-v{version:06d}-a",
+        round_id=f"{MODEL}-v{version:06d}-{suffix}",
         model=MODEL,
         base_version=version,
         num_examples=examples,
@@ -134,6 +145,12 @@ def test_async_buffered_rounds_weight_stale_updates_and_refuse_older_ones(tmp_pa
     assert metrics.get_sample_value("trainer_round_participants", {"model": MODEL}) == 2
     rejected = {"model": MODEL, "reason": "not_open"}
     assert metrics.get_sample_value("trainer_updates_rejected_total", rejected) == 1
+    # Async: each version's round, from its announcement until its buffer filled.
+    rounds = service.metrics.registry
+    assert rounds.get_sample_value("trainer_round_duration_seconds_count", {"model": MODEL}) == 2
+    assert (
+        rounds.get_sample_value("trainer_round_duration_seconds_sum", {"model": MODEL}) or 0
+    ) > 0
 
 
 def test_a_restarted_service_resumes_at_its_checkpoint(tmp_path: Path) -> None:
@@ -156,3 +173,136 @@ def test_a_missing_signing_key_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"nope\.key"):
         TrainerService(settings)
+
+
+class Clock:
+    """The service's clock: real time moved by `shift` seconds (the log stamps real time)."""
+
+    def __init__(self, shift: float = 0.0) -> None:
+        self.shift = shift
+
+    def __call__(self) -> float:
+        return time.time() + self.shift
+
+
+def sync_config(tmp_path: Path) -> TrainerConfig:
+    base = config(tmp_path).model_dump(mode="json")
+    rounds = {"mode": "sync", "deadline_s": 3600, "min_updates": 2, "target_updates": 2}
+    return TrainerConfig.model_validate({**base, "partitions": 1, "rounds": rounds})
+
+
+def round_figures(service: TrainerService) -> tuple[float | None, float | None]:
+    labels = {"model": MODEL}
+    registry = service.metrics.registry
+    return (
+        registry.get_sample_value("trainer_round_duration_seconds_count", labels),
+        registry.get_sample_value("trainer_round_duration_seconds_sum", labels),
+    )
+
+
+def close_round(service: TrainerService, settings: TrainerConfig, version: int) -> None:
+    producer = open_log(settings.log_url).producer()
+    for device, value in (("a", 0.1), ("b", 0.2)):
+        producer.produce(settings.topics.update, update(device, version, value, 10, "0"))
+    producer.flush()
+    run_until(service, version + 1)
+
+
+def test_a_sync_round_is_timed_from_its_announcement_across_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = sync_config(tmp_path)
+    clock = Clock()
+    first = TrainerService(settings, clock=clock).start()
+    try:
+        assert first.coordinator is not None
+        announced = first.coordinator.round.created_at
+        assert round_figures(first) == (0.0, 0.0)  # exported before any round closed
+        clock.shift = 42.0  # the round stays open 42 s longer than the test takes
+        close_round(first, settings, 0)
+        count, total = round_figures(first)
+        assert count == 1
+        assert total is not None
+        assert 42.0 <= total <= clock() - announced
+        assert total < 42.0 + 60
+        bucket = {"model": MODEL, "le": "60.0"}
+        registry = first.metrics.registry
+        assert registry.get_sample_value("trainer_round_duration_seconds_bucket", bucket) == 1
+        next_announced = first.coordinator.round.created_at
+    finally:
+        first.close()
+
+    # Restarted 100 s later (by its clock): round v1 was announced before the restart, and is
+    # timed from that announcement, kept in the checkpoint, not from the restart.
+    later = Clock(shift=142.0)
+    second = TrainerService(settings, clock=later).start()
+    try:
+        assert second.coordinator is not None
+        assert second.coordinator.round.created_at == next_announced
+        close_round(second, settings, 1)
+        count, total = round_figures(second)
+        assert count == 1
+        assert total is not None
+        assert 100.0 <= total <= later() - next_announced < 100.0 + 60
+        behind_from = second.coordinator.round.created_at
+    finally:
+        second.close()
+
+    # A clock behind the announcement (set back, another machine's): no duration at all.
+    behind = Clock(shift=-3600.0)
+    third = TrainerService(settings, clock=behind).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="cloud_trainer.service"):
+            close_round(third, settings, 2)
+        assert round_figures(third) == (0.0, 0.0)
+        assert (
+            third.metrics.registry.get_sample_value("trainer_versions_total", {"model": MODEL}) == 1
+        )
+        warned = [r for r in caplog.records if r.getMessage().startswith("round duration not")]
+        assert len(warned) == 1
+        assert warned[0].__dict__["announced_at"] == behind_from
+    finally:
+        third.close()
+
+
+def test_an_adopted_seed_is_released_announced_and_checkpointed_but_not_timed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = sync_config(tmp_path)
+    service = TrainerService(settings).start()
+    try:
+        assert service.coordinator is not None
+        dropped = service.coordinator.round.round_id
+        tensors: dict[str, Any] = {
+            "linear.weight": np.full((2, 30), 0.5, np.float32),
+            "linear.bias": np.array([1.0, -1.0], np.float32),
+        }
+        header = ModelSeed(
+            fleet="farm", model=MODEL, source="ddp-job", checkpoint=3, num_examples=640
+        )
+        producer = open_log(settings.log_url).producer()
+        producer.produce(settings.topics.seeds, encode_data(header, tensors))
+        producer.flush()
+        with caplog.at_level(logging.INFO):
+            run_until(service, 1)
+        assert service.coordinator.round.round_id == f"{MODEL}-v000001-0"
+        np.testing.assert_array_equal(service.coordinator.model["linear.bias"], [1.0, -1.0])
+        messages = [r.getMessage() for r in caplog.records]
+        order = ["version released", "round announced", "seed adopted"]
+        assert [m for m in messages if m in order] == order
+        adopted = next(r for r in caplog.records if r.getMessage() == "seed adopted")
+        assert (adopted.__dict__["version"], adopted.__dict__["dropped_round"]) == (1, dropped)
+        registry = service.metrics.registry
+        assert registry.get_sample_value("trainer_versions_total", {"model": MODEL}) == 1
+        assert round_figures(service) == (0.0, 0.0)  # no round closed: the open one was dropped
+    finally:
+        service.close()
+    store = open_store(settings.store_url)
+    checkpoint = CheckpointStore(store, MODEL).load()
+    assert checkpoint is not None
+    assert checkpoint.state.version == 1
+    assert checkpoint.state.seed_offsets == {0: 1}
+    entry = Registry(store).get(MODEL, 1)
+    assert entry.lineage.strategy == "seed-ddp-job"
+    assert entry.round_id is None
+    assert entry.metrics["seed_examples"] == 640.0

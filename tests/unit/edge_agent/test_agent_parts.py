@@ -42,6 +42,7 @@ def test_config_from_yaml_with_environment_overrides(
         ("collectors: [{kind: camera}]", "collectors.0"),
         ("collectors: [{kind: replay}, {kind: replay}]", "collector names must be unique"),
         ("buffer: {max_rows: 0}", "buffer.max_rows"),
+        ("collectors: [{kind: replay, subject: Auto}]", r"collectors\.0\.replay\.subject.*'auto'"),
         ("heartbeat: 5", "heartbeat"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError as PydanticValidationError
 
 from bus.errors import ConfigError
 from edge_agent.buffer import Sample
@@ -27,14 +29,15 @@ from edge_agent.collectors import (
 )
 from edge_agent.collectors.base import Collector, Emit
 from edge_agent.collectors.parse import Tally
-from edge_agent.collectors.replay import subject_rows
+from edge_agent.collectors.replay import pick, subject_rows
 from edge_agent.config import (
+    EdgeConfig,
     FileCollectorConfig,
     MqttCollectorConfig,
     PluginCollectorConfig,
     ReplayCollectorConfig,
 )
-from models.datasets import load, partition_iid, standardize
+from models.datasets import load, partition_dirichlet, partition_iid, standardize
 from models.workflow import prepare_data
 
 pytestmark = pytest.mark.timeout(30)
@@ -501,6 +504,138 @@ def test_replay_shuffles_and_deals_label_skewed_shares(tmp_path: Path) -> None:
     iid = subject_rows(ReplayCollectorConfig(**{**base, "partition": "iid"}))
     labels_skewed = np.count_nonzero(np.bincount(skewed.y, minlength=10))
     assert labels_skewed < np.count_nonzero(np.bincount(iid.y, minlength=10)) == 10
+
+
+def test_auto_subject_is_the_same_for_the_same_id_in_every_process() -> None:
+    assert pick("pi-7", 10) == pick("pi-7", 10) == 7  # pinned: a change would move fleets
+    assert pick("0123456789ab", 8) == 7
+    # Another interpreter with another string-hash salt picks the same.
+    code = "from edge_agent.collectors.replay import pick; print(pick('pi-7', 10))"
+    for salt in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": salt},
+            timeout=20,
+        )
+        assert out.stdout.strip() == "7"
+    config = ReplayCollectorConfig(dataset="watch", subject="auto", device_id="pi-7")
+    first, again = subject_rows(config), subject_rows(config)
+    np.testing.assert_array_equal(first.x, again.x)
+    with pytest.raises(ValueError, match="nothing to pick from"):
+        pick("pi-7", 0)
+
+
+def test_auto_subjects_spread_a_fleet_over_the_subjects() -> None:
+    picks = [pick(f"{i:012x}", 8) for i in range(40)]  # container-hostname-like ids
+    assert set(picks) == set(range(8))
+    assert max(picks.count(s) for s in range(8)) <= 10  # no subject takes most of the fleet
+    played = {
+        int(np.unique(np.asarray(rows.groups)).item())
+        for rows in (
+            subject_rows(ReplayCollectorConfig(dataset="watch", subject="auto", device_id=d))
+            for d in (f"sim-{i}" for i in range(10))
+        )
+    }
+    assert len(played) >= 5  # ten devices over ten subjects: several, as hashes fall
+
+
+def test_auto_plays_the_picked_subjects_rows(tmp_path: Path) -> None:
+    device = "3f2a9c1b7d04"
+    config = ReplayCollectorConfig(
+        dataset="watch", subject="auto", device_id=device, rate_hz=5000.0
+    )
+    collector = ReplayCollector(config, state_dir=tmp_path)
+    ds = standardized("watch")
+    subjects = sorted(set(ds.groups.tolist()))
+    expected = subjects[pick(device, len(subjects))]
+    assert collector.subject == expected
+    sink = Sink()
+    collector.run(sink, threading.Event())  # not looping: returns at the end
+    rows = np.flatnonzero(ds.groups == expected)
+    got = np.stack([s.features for s in sink.samples])
+    np.testing.assert_array_equal(got, ds.x[rows].reshape(len(rows), -1))
+    assert sink.labels() == [float(y) for y in ds.y[rows]]
+    # The position is kept for the subject picked: the same pick written out goes on...
+    fixed = config.model_copy(update={"subject": expected, "device_id": None})
+    assert ReplayCollector(fixed, state_dir=tmp_path).index == len(rows)
+    # ...another device id picking another subject starts from the beginning.
+    other = next(f"sim-{i}" for i in range(50) if subjects[pick(f"sim-{i}", 10)] != expected)
+    moved = config.model_copy(update={"device_id": other})
+    assert ReplayCollector(moved, state_dir=tmp_path).index == 0
+
+
+def test_auto_on_the_training_side_picks_among_its_subjects() -> None:
+    split = prepare_data("watch", seed=0, holdout="groups")
+    kept = sorted(set(np.asarray(split.train.groups).tolist()))
+    assert 5 not in kept  # held out by this split
+    for i in range(12):
+        device = f"sim-{i}"
+        config = ReplayCollectorConfig(
+            dataset="watch", subject="auto", device_id=device, split_seed=0, holdout="groups"
+        )
+        rows = subject_rows(config)
+        assert set(np.asarray(rows.groups).tolist()) == {kept[pick(device, len(kept))]}
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_auto_picks_a_share_of_a_set_without_subjects(partition: str) -> None:
+    device = "pi-7"
+    config = ReplayCollectorConfig(
+        dataset="breast_cancer", devices=4, subject="auto", device_id=device, partition=partition
+    )
+    ds = standardized("breast_cancer")
+    if partition == "iid":
+        shares = partition_iid(ds, 4, seed=0)
+    else:
+        shares = partition_dirichlet(ds, 4, alpha=config.alpha, seed=0)
+    share = shares[pick(device, 4)]
+    rows = subject_rows(config)
+    np.testing.assert_array_equal(rows.y, share.y)
+    np.testing.assert_allclose(rows.x, share.x, rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"or 'auto' to pick it from the device id"):
+        subject_rows(config.model_copy(update={"devices": None}))
+
+
+def test_a_devices_config_fills_in_its_id_for_auto() -> None:
+    def device(**replay: Any) -> EdgeConfig:
+        return EdgeConfig.model_validate(
+            {
+                "device_id": "pi-7",
+                "mqtt_url": "mqtt://broker:1883",
+                "model": {"name": "har", "keys_dir": "/keys"},
+                "collectors": [{"kind": "replay", "subject": "auto", **replay}],
+            }
+        )
+
+    replay = device().collectors[0]
+    assert isinstance(replay, ReplayCollectorConfig)
+    assert (replay.subject, replay.device_id) == ("auto", "pi-7")
+    given = device(device_id="pi-8").collectors[0]
+    assert isinstance(given, ReplayCollectorConfig)
+    assert given.device_id == "pi-8"  # one given is kept
+
+
+@pytest.mark.parametrize(
+    ("subject", "shown"),
+    [("Auto", "'Auto'"), ("random", "'random'"), (-1, "-1"), (1.5, "1.5"), (True, "True")],
+)
+def test_a_bad_subject_is_refused_naming_the_field(subject: Any, shown: str) -> None:
+    with pytest.raises(PydanticValidationError) as caught:
+        ReplayCollectorConfig(subject=subject)
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("subject",)
+    assert "an integer, 0 or more) or 'auto'" in error["msg"]
+    assert error["msg"].endswith(f"not {shown}")
+
+
+def test_auto_without_a_device_id_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"subject 'auto' is picked from the device id"):
+        ReplayCollector(ReplayCollectorConfig(subject="auto"), state_dir=tmp_path)
+    with pytest.raises(PydanticValidationError, match="device_id must not be empty"):
+        ReplayCollectorConfig(subject="auto", device_id="")
 
 
 # -- MQTT ----------------------------------------------------------------------------------------
