@@ -3,14 +3,16 @@
 confluent-kafka lives only here; its errors become `LogError` naming the topic and partition.
 Producers are idempotent (acks=all) and partition keys with murmur2 like the embedded log;
 consumers never auto-commit: offsets move only when the caller commits what it has processed.
+Topics get `KafkaOptions.replication_factor` replicas: by default the brokers' own
+`default.replication.factor`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_STORED,
@@ -31,9 +33,11 @@ from bus.log.base import (
     TopicPartition,
     check_reset,
 )
-from bus.log.kafka_config import KafkaOptions, kafka_config, parse_kafka_url
+from bus.log.kafka_config import KafkaOptions, MskIamToken, kafka_config, parse_kafka_url
 
 __all__ = ["KafkaConsumer", "KafkaLog", "KafkaOptions", "KafkaProducer"]
+
+C = TypeVar("C")
 
 
 def _reason(exc: KafkaException) -> str:
@@ -51,13 +55,27 @@ def _retriable(exc: KafkaException) -> bool:
     )
 
 
+def _client(make: Callable[[dict[str, Any]], C], config: dict[str, Any], what: str) -> C:
+    """A confluent-kafka client; one that cannot start (no IAM token in time) is a LogError."""
+    try:
+        return make(config)
+    except KafkaException as exc:
+        reason = _reason(exc)
+        token = config.get("oauth_cb")
+        if isinstance(token, MskIamToken) and token.last_error:
+            reason = f"{reason}: {token.last_error}"
+        raise LogError(f"{what} for {config['bootstrap.servers']}: {reason}") from exc
+
+
 class KafkaLog:
     """Topic administration on one cluster, and the factory of its producers and consumers."""
 
     def __init__(self, bootstrap: str, options: KafkaOptions | None = None) -> None:
         self.bootstrap = bootstrap
         self.options = options or KafkaOptions()
-        self._admin = AdminClient(kafka_config(bootstrap, self.options, "admin"))
+        self._admin = _client(
+            AdminClient, kafka_config(bootstrap, self.options, "admin"), "Kafka admin client"
+        )
         self._watermarks: Consumer | None = None  # one reader for every end_offsets call
         self._watermarks_lock = threading.Lock()
 
@@ -70,8 +88,12 @@ class KafkaLog:
         bootstrap, options = parse_kafka_url(url, overrides)
         return cls(bootstrap, options)
 
-    def create_topics(self, topics: Mapping[str, int], *, replication: int = 1) -> None:
+    def create_topics(self, topics: Mapping[str, int]) -> None:
+        """Create missing topics with `options.replication_factor` replicas (-1: the brokers'
+        `default.replication.factor`); a broker that cannot place them refuses, and that is a
+        LogError naming the factor asked for."""
         timeout = self.options.timeout_s
+        replication = self.options.replication_factor
         futures = self._admin.create_topics(
             [
                 NewTopic(name, num_partitions=n, replication_factor=replication)
@@ -79,6 +101,7 @@ class KafkaLog:
             ],
             operation_timeout=timeout,
         )
+        asked = "the brokers' default" if replication == -1 else str(replication)
         for name, future in futures.items():
             try:
                 future.result(timeout)
@@ -89,7 +112,8 @@ class KafkaLog:
                     or error.code() != KafkaError.TOPIC_ALREADY_EXISTS
                 ):
                     raise LogError(
-                        f"create topic {name!r} on {self.bootstrap}: {_reason(exc)}"
+                        f"create topic {name!r} (replication factor {asked}) on "
+                        f"{self.bootstrap}: {_reason(exc)}"
                     ) from exc
         deadline = time.monotonic() + timeout
         for name in topics:  # metadata lags creation; wait until the brokers agree
@@ -122,7 +146,7 @@ class KafkaLog:
                 config = kafka_config(
                     self.bootstrap, self.options, "consumer", group_id="fleetlearn-watermarks"
                 )
-                self._watermarks = Consumer(config)
+                self._watermarks = _client(Consumer, config, "Kafka consumer")
             return self._end_offsets(self._watermarks, topic)
 
     def _end_offsets(self, reader: Consumer, topic: str) -> dict[int, int]:
@@ -168,7 +192,8 @@ class KafkaProducer:
 
     def __init__(self, bootstrap: str, options: KafkaOptions) -> None:
         self._timeout = options.timeout_s
-        self._producer = Producer(kafka_config(bootstrap, options, "producer"))
+        config = kafka_config(bootstrap, options, "producer")
+        self._producer = _client(Producer, config, "Kafka producer")
         self._closed = False
 
     def produce(
@@ -253,7 +278,7 @@ class KafkaConsumer:
         config = kafka_config(
             bootstrap, options, "consumer", group_id=group_id, auto_offset_reset=reset
         )
-        self._consumer = Consumer(config)
+        self._consumer = _client(Consumer, config, f"Kafka consumer of group {group_id!r}")
         self._closed = False
 
     def _check_open(self) -> None:

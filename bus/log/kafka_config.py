@@ -6,17 +6,39 @@ installed, and so the string-keyed config is built in exactly one place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from bus.errors import ConfigError
+from bus.errors import ConfigError, LogError
 from bus.log.base import DEFAULT_MAX_MESSAGE_BYTES, options_from_url
 from bus.urls import mask_password, parse_url
 
+log = logging.getLogger(__name__)
+
 SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 Role = Literal["admin", "producer", "consumer"]
+
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+"""us-east-1, eu-central-2, us-gov-west-1, ap-southeast-4 ..."""
+IAM_OWNED_KEYS = frozenset(
+    {
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "sasl.oauthbearer.method",
+        "oauth_cb",
+    }
+)
+"""librdkafka keys that `aws_iam` sets itself: `extra` may not override them."""
+OAUTHBEARER_SOURCES = frozenset({"sasl.oauthbearer.method", "enable.sasl.oauthbearer.unsecure.jwt"})
+"""Keys in `extra` that give OAUTHBEARER a token without `aws_iam` (OIDC, or test tokens)."""
+SIGNER_PACKAGE = "aws-msk-iam-sasl-signer-python"
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,17 @@ class KafkaOptions:
     """A consumer silent this long leaves its group and its partitions move to the others."""
     timeout_s: float = 30.0
     """Bound on every blocking admin, metadata, commit and close call."""
+    aws_iam: bool = False
+    """Authenticate to Amazon MSK with IAM: SASL/OAUTHBEARER over TLS, each token a request
+    presigned for `kafka-cluster:Connect` with this process's AWS credentials (instance role,
+    `AWS_*` variables, profile) by aws-msk-iam-sasl-signer-python (the `cloud` extra). Needs
+    security_protocol=sasl_ssl and aws_region; takes no username or password."""
+    aws_region: str | None = None
+    """The MSK cluster's region, which the tokens are signed for; only with aws_iam."""
+    replication_factor: int = -1
+    """Replicas of each topic `create_topics` creates: -1 (the default) leaves it to the
+    brokers' `default.replication.factor` (KIP-464, Kafka >= 2.4). A topic that already
+    exists keeps its own."""
     extra: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     """librdkafka keys passed verbatim, for tuning that the typed fields do not cover."""
 
@@ -67,6 +100,60 @@ class KafkaOptions:
             )
         if self.session_timeout_ms < 1000 or self.timeout_s <= 0:
             raise ConfigError("kafka session_timeout_ms must be >= 1000 and timeout_s > 0")
+        if self.replication_factor != -1 and self.replication_factor < 1:
+            raise ConfigError(
+                "kafka replication_factor must be -1 (the brokers' default.replication.factor) "
+                f"or at least 1, got {self.replication_factor}"
+            )
+        problems = self._aws_iam_problems() if self.aws_iam else self._oauthbearer_problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def _aws_iam_problems(self) -> list[str]:
+        problems = []
+        if self.security_protocol.lower() != "sasl_ssl":
+            problems.append(
+                "kafka aws_iam needs security_protocol=sasl_ssl (MSK's IAM listener, port 9098, "
+                f"is TLS), got {self.security_protocol!r}"
+            )
+        if not self.aws_region:
+            problems.append(
+                "kafka aws_iam needs aws_region, the MSK cluster's region (aws_region=eu-west-1)"
+            )
+        elif not AWS_REGION.fullmatch(self.aws_region):
+            problems.append(
+                f"kafka aws_region must be a region name like eu-west-1, got {self.aws_region!r}"
+            )
+        if self.sasl_mechanism is not None and self.sasl_mechanism.upper() != "OAUTHBEARER":
+            problems.append(
+                "kafka aws_iam authenticates with SASL OAUTHBEARER, not "
+                f"sasl_mechanism={self.sasl_mechanism}: leave sasl_mechanism out"
+            )
+        if self.sasl_username is not None or self.sasl_password is not None:
+            problems.append(
+                "kafka aws_iam takes no username or password (the token is signed with the AWS "
+                "credentials): remove them from the URL's user part and from the options"
+            )
+        clashing = sorted(IAM_OWNED_KEYS & set(self.extra))
+        if clashing:
+            problems.append(f"kafka aws_iam sets {clashing} itself: remove them from extra")
+        return problems
+
+    def _oauthbearer_problems(self) -> list[str]:
+        problems = []
+        if self.aws_region is not None:
+            problems.append(
+                "kafka aws_region is used only with aws_iam=true (MSK IAM authentication): "
+                "add aws_iam=true or drop aws_region"
+            )
+        mechanism = (self.sasl_mechanism or "").upper()
+        if mechanism == "OAUTHBEARER" and not OAUTHBEARER_SOURCES & set(self.extra):
+            problems.append(
+                "kafka sasl_mechanism=OAUTHBEARER has no token source: add aws_iam=true and "
+                "aws_region for Amazon MSK, or sasl.oauthbearer.method=oidc and its settings "
+                "in extra"
+            )
+        return problems
 
 
 def kafka_config(
@@ -112,16 +199,74 @@ def kafka_config(
 
 def _security_settings(options: KafkaOptions) -> dict[str, Any]:
     """TLS and SASL keys, only those given: librdkafka rejects empty values."""
-    optional = {
-        "sasl.mechanism": options.sasl_mechanism,
-        "sasl.username": options.sasl_username,
-        "sasl.password": options.sasl_password,
+    optional: dict[str, Any] = {
         "ssl.ca.location": options.ssl_ca_location,
         "ssl.certificate.location": options.ssl_certificate_location,
         "ssl.key.location": options.ssl_key_location,
     }
+    if options.aws_iam:
+        # confluent-kafka serves `oauth_cb` from librdkafka's background thread (>= 2.13), at
+        # start and again at 80 % of each token's lifetime; `sasl.oauthbearer.config` is not
+        # needed (it would only be passed to the callback, which ignores it).
+        optional |= {
+            "sasl.mechanism": "OAUTHBEARER",
+            "oauth_cb": MskIamToken(options.aws_region or ""),
+        }
+    else:
+        optional |= {
+            "sasl.mechanism": options.sasl_mechanism,
+            "sasl.username": options.sasl_username,
+            "sasl.password": options.sasl_password,
+        }
     given = {key: value for key, value in optional.items() if value is not None}
     return {"security.protocol": options.security_protocol.lower(), **given}
+
+
+class MskIamToken:
+    """confluent-kafka's `oauth_cb` for Amazon MSK's IAM listener, for one region.
+
+    Each call returns `(token, expiry)`: the token is a request for `kafka-cluster:Connect`,
+    presigned (SigV4, locally: no network) with the default AWS credentials and
+    base64url-encoded; the expiry is in seconds since the epoch, as confluent-kafka wants it
+    (the signer gives milliseconds). The signer is imported here, never at module import, so
+    this module loads without it and a device never imports it.
+    """
+
+    def __init__(self, region: str) -> None:
+        try:
+            from aws_msk_iam_sasl_signer import (  # type: ignore[import-untyped]
+                MSKAuthTokenProvider,
+            )
+        except ImportError as exc:
+            raise ConfigError(
+                f"kafka aws_iam needs the {SIGNER_PACKAGE} package, which the cloud extra "
+                f"installs: pip install 'fleetlearn[cloud]' ({exc})"
+            ) from exc
+        self.region = region
+        # Why the last token could not be made: librdkafka reports only that none came.
+        self.last_error: str | None = None
+        self._generate: Callable[[str], tuple[str, int]] = MSKAuthTokenProvider.generate_auth_token
+
+    def __call__(self, oauthbearer_config: str | None = None) -> tuple[str, float]:
+        try:
+            token, expiry_ms = self._generate(self.region)
+        except Exception as exc:  # any failure: librdkafka keeps only "token not set"
+            self.last_error = f"MSK IAM token for {self.region}: {_signer_failure(exc)}"
+            log.error("kafka authentication token failed", extra={"reason": self.last_error})
+            raise LogError(self.last_error) from exc
+        self.last_error = None
+        return token, expiry_ms / 1000
+
+
+def _signer_failure(exc: Exception) -> str:
+    import botocore.session
+
+    if botocore.session.Session().get_credentials() is None:
+        return (
+            "no AWS credentials found (instance profile, AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...)"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def parse_kafka_url(url: str, overrides: Mapping[str, Any]) -> tuple[str, KafkaOptions]:

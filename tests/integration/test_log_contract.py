@@ -295,3 +295,79 @@ def test_seek_right_after_assign_moves_only_that_partition(log: Log, topic: str)
     ]
     assert consumer.poll(0.5) is None
     consumer.close()
+
+
+# -- Kafka only: replication factor ------------------------------------------------------------
+
+
+class KafkaAdmin:
+    """A plain admin client of the test broker, to see what the log created."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def broker_ids(self) -> list[int]:
+        cluster = self.admin.describe_cluster(request_timeout=WAIT_S).result(WAIT_S)
+        return sorted(node.id for node in cluster.nodes)
+
+    def default_replication_factor(self) -> int:
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]
+            ConfigResource,
+            ResourceType,
+        )
+
+        resource = ConfigResource(ResourceType.BROKER, str(self.broker_ids()[0]))
+        [future] = self.admin.describe_configs([resource]).values()
+        return int(future.result(WAIT_S)["default.replication.factor"].value)
+
+    def replicas(self, topic: str) -> list[int]:
+        """Replica count of each partition."""
+        from confluent_kafka import TopicCollection
+
+        [future] = self.admin.describe_topics(TopicCollection([topic])).values()
+        return [len(p.replicas) for p in future.result(WAIT_S).partitions]
+
+    def exists(self, topic: str) -> bool:
+        return topic in self.admin.list_topics(timeout=WAIT_S).topics
+
+
+@pytest.fixture
+def kafka_admin(kafka: Any) -> KafkaAdmin:
+    return KafkaAdmin(str(kafka.bootstrap))
+
+
+def test_kafka_topics_get_the_brokers_default_replication_factor(
+    kafka: Any, kafka_admin: KafkaAdmin
+) -> None:
+    """replication_factor -1 (the default) is KIP-464's "broker default", which the real broker
+    accepts: the topic gets exactly the brokers' default.replication.factor."""
+    log = open_log(str(kafka.url))
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    log.create_topics({name: 3})
+    log.close()
+    default = kafka_admin.default_replication_factor()
+    assert default >= 1
+    assert kafka_admin.replicas(name) == [default] * 3
+
+
+def test_kafka_explicit_replication_factor_is_honoured_or_refused_clearly(
+    kafka: Any, kafka_admin: KafkaAdmin
+) -> None:
+    brokers = len(kafka_admin.broker_ids())
+    honoured = f"t-{uuid.uuid4().hex[:12]}"
+    log = open_log(str(kafka.url), replication_factor=brokers)
+    log.create_topics({honoured: 2})
+    log.close()
+    assert kafka_admin.replicas(honoured) == [brokers] * 2
+
+    refused = f"t-{uuid.uuid4().hex[:12]}"
+    log = open_log(f"{kafka.url}?replication_factor={brokers + 1}")
+    with pytest.raises(LogError) as caught:
+        log.create_topics({refused: 2})
+    log.close()
+    message = str(caught.value)
+    assert f"create topic {refused!r} (replication factor {brokers + 1})" in message
+    assert "INVALID_REPLICATION_FACTOR" in message
+    assert not kafka_admin.exists(refused)

@@ -13,7 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "bus": {"torch", "models", "edge_agent", "cloud_trainer", "fleetlearn"},
     "models": {"edge_agent", "cloud_trainer", "fleetlearn"},
-    "edge_agent": {"cloud_trainer", "fleetlearn", "confluent_kafka", "boto3", "botocore"},
+    "edge_agent": {
+        "cloud_trainer",
+        "fleetlearn",
+        "confluent_kafka",
+        "boto3",
+        "botocore",
+        "aws_msk_iam_sasl_signer",
+    },
     "cloud_trainer": {"edge_agent", "fleetlearn"},
 }
 

@@ -373,6 +373,42 @@ def test_msk_authenticates_with_iam_over_tls_only() -> None:
     assert "sasl_ssl" in local_value("kafka_url")
 
 
+KAFKA_URLS = re.compile(r'\$\{\(local\.msk \? "(?P<msk>[^"]+)" : "(?P<self_managed>[^"]+)"\)\}')
+
+
+def test_kafka_url_is_one_the_client_accepts_with_iam_on_msk_and_broker_default_replicas() -> None:
+    """kafka_url, rendered, parses into the client's options: IAM signed for the module's
+    region on MSK. Neither mode sets replication_factor, so topics take the brokers'
+    default.replication.factor: on MSK min(3, brokers), above min.insync.replicas."""
+    from bus.config import env_overrides
+    from bus.log.kafka_config import KafkaOptions, parse_kafka_url
+
+    urls = KAFKA_URLS.fullmatch(local_value("kafka_url"))
+    assert urls, local_value("kafka_url")
+    options: dict[str, KafkaOptions] = {}
+    for mode, url in urls.groupdict().items():
+        rendered = url.replace("${local.kafka_bootstrap}", "b-1.x:9098,b-2.x:9098")
+        rendered = rendered.replace("${var.region}", "eu-west-1")
+        assert "${" not in rendered, rendered
+        # As the instances get it: a line of /etc/fleetlearn/*.env, read as an override.
+        from_env = env_overrides("FLEETLEARN_BRIDGE", {"FLEETLEARN_BRIDGE__LOG_URL": rendered})
+        assert from_env == {"log_url": rendered}
+        _, options[mode] = parse_kafka_url(rendered, {})
+        assert options[mode].replication_factor == -1, mode
+    msk = options["msk"]
+    assert (msk.aws_iam, msk.aws_region, msk.security_protocol) == (True, "eu-west-1", "sasl_ssl")
+    assert (msk.sasl_mechanism, msk.sasl_username) == (None, None)
+    assert "aws_region=${var.region}" in urls["msk"]
+    assert not options["self_managed"].aws_iam
+    properties = str(resource("aws_msk_configuration", "this")["server_properties"])
+    assert "default.replication.factor=${local.msk_replication_factor}" in properties
+    assert "min(3, local.msk_broker_count)" in local_value("msk_replication_factor")
+    [precondition] = one_block(resource("aws_msk_cluster", "this"), "lifecycle")["precondition"]
+    assert unwrap(precondition["condition"]) == (
+        "var.kafka_min_insync_replicas < local.msk_replication_factor"
+    )
+
+
 # -- IAM ----------------------------------------------------------------------------------------
 
 

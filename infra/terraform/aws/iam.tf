@@ -2,7 +2,8 @@
 #
 # trainer  objects under <store_prefix>/ (checkpoints, releases, registry, claim checks to
 #          resolve); Kafka: read updates, status and data, write rounds, releases and the
-#          dead-letter topic, its own consumer groups.
+#          dead-letter topic, read and write seeds (the DDP job writes them, the trainer reads
+#          them), its own consumer groups.
 # bridge   claim checks only (<store_prefix>/claims/); Kafka: write updates, data, status and
 #          the dead-letter topic, read rounds and releases, its downlink group.
 # broker   and the self-managed Kafka node: Session Manager only.
@@ -105,7 +106,7 @@ data "aws_iam_policy_document" "trainer" {
       sid     = "KafkaRead"
       actions = ["kafka-cluster:ReadData"]
       resources = [
-        for topic in [local.topics.updates, local.topics.status, local.topics.data] :
+        for topic in [local.topics.updates, local.topics.status, local.topics.data, local.topics.seeds] :
         "${replace(statement.value.arn, ":cluster/", ":topic/")}/${topic}"
       ]
     }
@@ -118,7 +119,7 @@ data "aws_iam_policy_document" "trainer" {
       sid     = "KafkaWrite"
       actions = ["kafka-cluster:WriteData"]
       resources = [
-        for topic in [local.topics.rounds, local.topics.releases, local.topics.dlq] :
+        for topic in [local.topics.rounds, local.topics.releases, local.topics.dlq, local.topics.seeds] :
         "${replace(statement.value.arn, ":cluster/", ":topic/")}/${topic}"
       ]
     }

@@ -1,8 +1,9 @@
 # Kafka, chosen by var.kafka_mode:
 #
 # msk           Amazon MSK across the private subnets: IAM authentication over TLS (port
-#               9098), TLS between brokers, storage encrypted with the store's KMS key,
-#               broker logs in CloudWatch. No unauthenticated or plaintext listener.
+#               9098; the clients' kafka_url says aws_iam=true), TLS between brokers, storage
+#               encrypted with the store's KMS key, broker logs in CloudWatch. No
+#               unauthenticated or plaintext listener.
 # self_managed  One EC2 instance running Apache Kafka in KRaft mode (broker and controller in
 #               one process), plaintext on 9092 inside the VPC; its security group admits the
 #               bridges and the trainers only. For trials and small fleets: one node, no
@@ -19,7 +20,9 @@ resource "aws_msk_configuration" "this" {
   name           = "${var.name}-kafka"
   kafka_versions = [var.msk_kafka_version]
 
-  # The bridge and the trainer create their topics themselves (bus/log/kafka.py).
+  # The bridge and the trainer create their topics themselves (bus/log/kafka.py), with the
+  # default replication_factor -1: default.replication.factor below is the one place that
+  # sets their replicas (kafka_url does not override it), always above min.insync.replicas.
   server_properties = <<-EOT
     auto.create.topics.enable=false
     default.replication.factor=${local.msk_replication_factor}

@@ -18,6 +18,9 @@ locals {
   msk_replication_factor = min(3, local.msk_broker_count)
 
   # MSK with IAM authentication listens on 9098 (TLS); the self-managed node on 9092.
+  # aws_iam=true makes the clients sign SASL/OAUTHBEARER tokens with their instance role
+  # (bus/log/kafka_config.py). Neither URL sets replication_factor: topics take the brokers'
+  # default.replication.factor (msk: kafka.tf's configuration; self_managed: Kafka's default, 1).
   kafka_port = local.msk ? 9098 : 9092
   kafka_bootstrap = (
     local.msk
@@ -26,7 +29,7 @@ locals {
   )
   kafka_url = (
     local.msk
-    ? "kafka://${local.kafka_bootstrap}?security_protocol=sasl_ssl&sasl_mechanism=OAUTHBEARER"
+    ? "kafka://${local.kafka_bootstrap}?security_protocol=sasl_ssl&aws_iam=true&aws_region=${var.region}"
     : "kafka://${local.kafka_bootstrap}"
   )
 
@@ -42,6 +45,7 @@ locals {
     rounds   = "${var.kafka_topic_prefix}rounds"
     releases = "${var.kafka_topic_prefix}releases"
     dlq      = "${var.kafka_topic_prefix}dlq"
+    seeds    = "${var.kafka_topic_prefix}seeds"
   }
 
   # Consumer groups named in the code: bus/bridge/downlink.py for the bridge;

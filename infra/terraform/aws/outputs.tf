@@ -11,7 +11,7 @@ output "store_url" {
 }
 
 output "kafka_url" {
-  description = "log_url of bridge.yaml, trainer.yaml and ddp.yaml."
+  description = "log_url of bridge.yaml, trainer.yaml and ddp.yaml; on MSK it authenticates with the instance role (aws_iam=true, aws_region)."
   value       = local.kafka_url
 }
 
