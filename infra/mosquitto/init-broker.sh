@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create what the fleet broker needs before its first start: a CA, the server certificate, the
-# device and service password files, and the CRL. Safe to run again: it keeps what exists.
+# device and service password files, the device ACL of the dynamic-security plugin, and the CRL.
+# Safe to run again: it keeps what exists (and rewrites the derived ACL file).
 set -euo pipefail
 umask 077
 
@@ -25,6 +26,7 @@ reads, and keeps whatever is already there:
   mqtt_ca.crl                  the certificates revoked so far (none at first)
   mqtt_server.key, .crt        the broker's TLS identity, for the names given by --hostname
   mosquitto_passwd             device accounts (empty; provision-device.sh adds them)
+  mosquitto_dynsec.json        the device ACL of listener 8883, derived from mosquitto_passwd
   mosquitto_services_passwd    the service accounts ${SERVICES[*]}, hashed
   mqtt_<account>_password      their passwords in clear text (mode 600), for the services
 
@@ -186,6 +188,10 @@ else
     say "created the empty device password file $devices (provision-device.sh adds devices)"
 fi
 broker_reads "$devices"
+# Derived from mosquitto_passwd, so rewritten every time (in place: compose pins the inode).
+write_dynsec "$secrets"
+broker_reads "$secrets/mosquitto_dynsec.json"
+say "wrote the dynamic-security file $secrets/mosquitto_dynsec.json (its ACL for listener 8883)"
 
 : >"$WORK/services"
 for account in "${SERVICES[@]}"; do
@@ -214,6 +220,7 @@ cat <<EOF
 
 The broker's secrets are in $secrets.
 Next: provision each device (infra/mosquitto/provision-device.sh DEVICE_ID), then start the
-broker (docker compose up -d mosquitto), or reload it if it runs:
-  docker compose kill -s HUP mosquitto      (or: systemctl reload mosquitto)
+broker (docker compose up -d mosquitto), or restart it if it runs (the dynamic-security plugin
+reads mosquitto_dynsec.json only when the broker starts):
+  docker compose restart mosquitto      (or: systemctl restart mosquitto)
 EOF

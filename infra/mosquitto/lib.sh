@@ -78,6 +78,77 @@ hash_passwords() { # FILE: turn its `user:password` lines into `user:hash` lines
     fi
 }
 
+write_dynsec() { # SECRETS: rewrite mosquitto_dynsec.json from the accounts in mosquitto_passwd
+    # The dynamic-security plugin on the password listener (8883) checks every SUBSCRIBE, which
+    # the acl file cannot (README.md). Its file is derived, never edited: one client per account
+    # in mosquitto_passwd, in the group `devices` (what every device reads), with a role of its
+    # own (its own topics): the plugin of Mosquitto 2.0 has no %u patterns. Clients carry no
+    # password, so the plugin defers the login to mosquitto_passwd, which a reload re-reads.
+    # Everything not granted here is refused, $share/... subscriptions included. Topics follow
+    # the default prefix fleetlearn/{fleet}, as in the file `acl`. Device ids need no escaping
+    # in JSON: provision-device.sh allows only A-Z a-z 0-9 . _ - in an account name.
+    local file=$1/mosquitto_dynsec.json
+    awk -F: '
+        function acl(type, topic, last) {
+            printf "      {\"acltype\": \"%s\", \"topic\": \"%s\", \"allow\": true}%s\n", \
+                type, topic, (last ? "" : ",")
+        }
+        $1 == "" { next }
+        $1 !~ /^[A-Za-z0-9._-]+$/ { bad = $1; exit 1 }
+        { ids[++n] = $1 }
+        END {
+            if (bad != "") {
+                printf "account \"%s\" in mosquitto_passwd is not a device id (A-Z a-z 0-9 . _ -)\n", \
+                    bad >"/dev/stderr"
+                exit 1
+            }
+            print "{"
+            print "  \"defaultACLAccess\": {\"publishClientSend\": false, \"publishClientReceive\": false,"
+            print "    \"subscribe\": false, \"unsubscribe\": true},"
+            print "  \"clients\": ["
+            for (i = 1; i <= n; i++) {
+                printf "    {\"username\": \"%s\", \"roles\": [{\"rolename\": \"device/%s\"}]}%s\n", \
+                    ids[i], ids[i], (i < n ? "," : "")
+            }
+            print "  ],"
+            print "  \"groups\": ["
+            printf "    {\"groupname\": \"devices\", \"roles\": [{\"rolename\": \"devices\"}], \"clients\": ["
+            for (i = 1; i <= n; i++) {
+                printf "%s{\"username\": \"%s\"}", (i > 1 ? ", " : ""), ids[i]
+            }
+            print "]}"
+            print "  ],"
+            print "  \"roles\": ["
+            print "    {\"rolename\": \"devices\", \"acls\": ["
+            acl("publishClientReceive", "fleetlearn/+/rounds/current")
+            acl("subscribePattern", "fleetlearn/+/rounds/current")
+            acl("publishClientReceive", "fleetlearn/+/models/+/release")
+            acl("subscribePattern", "fleetlearn/+/models/+/release", 1)
+            printf "    ]}%s\n", (n ? "," : "")
+            for (i = 1; i <= n; i++) {
+                topic = "fleetlearn/+/devices/" ids[i]
+                printf "    {\"rolename\": \"device/%s\", \"acls\": [\n", ids[i]
+                acl("publishClientSend", topic "/update")
+                acl("publishClientSend", topic "/data")
+                acl("publishClientSend", topic "/status")
+                acl("publishClientReceive", topic "/cmd")
+                acl("subscribePattern", topic "/cmd", 1)
+                printf "    ]}%s\n", (i < n ? "," : "")
+            }
+            print "  ]"
+            print "}"
+        }' "$1/mosquitto_passwd" >"$WORK/dynsec.json" || die "could not write $file"
+    if [[ -e $file ]]; then
+        replace_contents "$WORK/dynsec.json" "$file"
+    else
+        mv "$WORK/dynsec.json" "$file"
+    fi
+}
+
+dynsec_has() { # SECRETS ID: true when mosquitto_dynsec.json holds the client ID
+    grep -qF "{\"username\": \"$2\", " "$1/mosquitto_dynsec.json" 2>/dev/null
+}
+
 check_password() { # TEXT WHERE: refuse what a Mosquitto password file cannot hold
     [[ -n $1 ]] || die "$2 is empty"
     [[ $1 != *:* ]] || die "$2 holds a ':', which a Mosquitto password file cannot store"

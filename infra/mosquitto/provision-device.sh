@@ -21,11 +21,12 @@ Gives DEVICE_ID access to the broker and writes to --out what the device needs:
   password                the device's broker password, one line (password devices)
   device.crt, device.key  its client certificate (CN = DEVICE_ID) and key (--mtls)
 
-A password device gets an account DEVICE_ID in SECRETS/mosquitto_passwd and connects to port
-8883; an --mtls device gets a certificate signed by the fleet CA and connects to port 8884,
-where the certificate's CN is its user name. Either way the broker ACL (infra/mosquitto/acl)
-is written with %u patterns, so the device may publish only under .../devices/DEVICE_ID/...
-and no ACL edit is needed. Run init-broker.sh first.
+A password device gets an account DEVICE_ID in SECRETS/mosquitto_passwd and, in
+SECRETS/mosquitto_dynsec.json, the ACL of the dynamic-security plugin that guards port 8883: it
+may publish only under .../devices/DEVICE_ID/... and subscribe only to what it may read. An
+--mtls device gets a certificate signed by the fleet CA and connects to port 8884, where the
+certificate's CN is its user name and the ACL file infra/mosquitto/acl, written with %u
+patterns, needs no edit. Run init-broker.sh first.
 
 Options:
   --secrets DIR         the broker's secrets (default: infra/secrets of this checkout)
@@ -38,8 +39,10 @@ Options:
   --revoke              remove the device's account and revoke its certificates
   -h, --help            show this help
 
-After a change the broker must reload its files:
+After a change the broker must reload its files, or restart for a new password device (the
+dynamic-security plugin reads its file only at start); the script says which:
   docker compose kill -s HUP mosquitto      (or: systemctl reload mosquitto)
+  docker compose restart mosquitto          (or: systemctl restart mosquitto)
 EOF
 }
 
@@ -84,8 +87,8 @@ secrets=${secrets:-$(cd "$SCRIPT_DIR/../.." && pwd)/infra/secrets}
 [[ -d $secrets ]] || die "--secrets $secrets: no such directory (run init-broker.sh first)"
 secrets=$(cd "$secrets" && pwd)
 passwd=$secrets/mosquitto_passwd
-for file in mqtt_ca.crt mqtt_ca.key mosquitto_passwd; do
-    [[ -e $secrets/$file ]] || die "$secrets/$file is missing: run init-broker.sh first"
+for file in mqtt_ca.crt mqtt_ca.key mosquitto_passwd mosquitto_dynsec.json; do
+    [[ -e $secrets/$file ]] || die "$secrets/$file is missing: run init-broker.sh (again) first"
 done
 WORK=$(mktemp -d)
 readonly WORK
@@ -95,7 +98,8 @@ issued=$secrets/mqtt_ca.db/issued/$device
 
 has_account() { awk -F: -v user="$1" '$1 == user { found = 1 } END { exit !found }' "$passwd"; }
 
-set_account() { # USER [PASSWORD]: rewrite mosquitto_passwd in place without USER, then add it
+set_account() { # USER [PASSWORD]: rewrite mosquitto_passwd in place without USER, then add it;
+    # then mosquitto_dynsec.json, which follows mosquitto_passwd
     awk -F: -v user="$1" '$1 != user' "$passwd" >"$WORK/accounts"
     if [[ $# -eq 2 ]]; then
         printf '%s:%s\n' "$1" "$2" >"$WORK/new"
@@ -103,6 +107,7 @@ set_account() { # USER [PASSWORD]: rewrite mosquitto_passwd in place without USE
         cat "$WORK/new" >>"$WORK/accounts"
     fi
     replace_contents "$WORK/accounts" "$passwd"
+    write_dynsec "$secrets"
 }
 
 reload_hint() {
@@ -112,13 +117,21 @@ The broker reads this at its next reload:
 EOF
 }
 
+restart_hint() {
+    cat <<'EOF'
+The broker reads the new device's ACL (mosquitto_dynsec.json) only when it starts: restart it
+(a reload is not enough; until then the device may log in but can publish and read nothing):
+  docker compose restart mosquitto          (or: systemctl restart mosquitto)
+EOF
+}
+
 # --- revoke ------------------------------------------------------------------------------------
 
 if [[ $revoke -eq 1 ]]; then
     revoked=0
     if has_account "$device"; then
         set_account "$device"
-        say "removed the account $device from $passwd"
+        say "removed the account $device from $passwd and $secrets/mosquitto_dynsec.json"
         revoked=1
     fi
     shopt -s nullglob
@@ -226,12 +239,19 @@ fi
 printf '%s\n' "$password" >"$WORK/password"
 chmod 600 "$WORK/password"
 mv "$WORK/password" "$password_out"
+known=0 # 1: the file held the device already, so a broker started since then has its ACL
+if dynsec_has "$secrets" "$device"; then known=1; fi
 set_account "$device" "$password"
 unset password kept
 say "wrote the account $device to $passwd and its password to $password_out (mode 600)"
 
 url="mqtts://$broker:8883?ca=/etc/fleetlearn/ca.pem"
-reload_hint
+if [[ $known -eq 1 ]]; then
+    reload_hint
+else
+    say "added $device to $secrets/mosquitto_dynsec.json, its ACL on port 8883"
+    restart_hint
+fi
 cat <<EOF
 
 On the device: copy $out (it holds the device's password) and infra/edge to it, then as root

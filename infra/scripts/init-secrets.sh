@@ -12,7 +12,8 @@
 #   device_mqtt_url                infra/edge/simulated.yaml's mqtt_url as the `simulator` account
 # and, through infra/mosquitto/init-broker.sh (FLEETLEARN_INIT_BROKER overrides the path):
 #   mqtt_ca.key (never mounted), mqtt_ca.crt, mqtt_ca.crl, mqtt_server.key, mqtt_server.crt,
-#   mosquitto_passwd, mosquitto_services_passwd, mqtt_bridge_password, mqtt_simulator_password
+#   mosquitto_passwd, mosquitto_dynsec.json, mosquitto_services_passwd, mqtt_bridge_password,
+#   mqtt_simulator_password
 #
 # Files the fleetlearn images read are mode 600 and must belong to the uid the images run as:
 # build them with FLEETLEARN_UID=$(id -u) (docker-compose.yml passes it as a build argument).

@@ -54,6 +54,7 @@ BROKER_FILES = (
     "mqtt_server.key",
     "mqtt_server.crt",
     "mosquitto_passwd",
+    "mosquitto_dynsec.json",
     "mosquitto_services_passwd",
 )
 # Every character that needs quoting in a URL's user info, and one that is not ASCII.
