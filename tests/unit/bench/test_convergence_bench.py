@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ from bench.convergence import (
     RUNS,
     SETUPS,
     Config,
+    Curves,
     client_seed,
     faster,
     federation,
     main,
     max_gap_points,
+    mean_curves,
     per_update,
     quick_setup,
     rounds_to,
@@ -117,6 +120,44 @@ def test_a_gap_over_one_point_or_a_slow_best_is_not_met() -> None:
     assert s["best_faster_than_flower"] is False  # a tie is not fewer rounds
     assert "int8_bytes_ratio" not in s
     assert per_update(runs["flower_fedavg"]) is None
+
+
+def test_seeds_are_averaged_per_round_and_a_divergence_in_any_seed_counts() -> None:
+    a = Curves(accuracy=[0.1, 0.5, 0.7], loss=[2.0, 1.0, 0.5], bytes_per_round=[100, 300])
+    a.updates, a.seconds = 4, 1.0
+    b = Curves(accuracy=[0.3, 0.7, 0.9], loss=[1.0, 0.5, 0.3], bytes_per_round=[200, 400])
+    b.updates, b.seconds = 4, 2.0
+    merged = mean_curves([a, b], [7, 8])
+    assert merged["accuracy"] == pytest.approx([0.2, 0.6, 0.8])
+    assert merged["loss"] == pytest.approx([1.5, 0.75, 0.4])
+    assert merged["bytes_per_round"] == [150, 350]
+    assert (merged["updates"], merged["seconds"], merged["diverged_round"]) == (4, 3.0, None)
+    assert [seed["seed"] for seed in merged["per_seed"]] == [7, 8]
+    assert merged["per_seed"][1]["accuracy"] == [0.3, 0.7, 0.9]
+    c = Curves(accuracy=[0.3, 0.6], loss=[1.0, 0.7], bytes_per_round=[200], diverged_round=2)
+    c.error = "non-finite"
+    broken = mean_curves([a, c], [7, 8])
+    assert broken["accuracy"] == pytest.approx([0.2, 0.55])  # up to where every seed got
+    assert (broken["diverged_round"], broken["error"]) == (2, "non-finite")
+    assert mean_curves([a], [7]) == asdict(a)  # one seed: the run as it is
+
+
+def test_the_fedavg_gap_is_judged_seed_by_seed() -> None:
+    """Two seeds 2 points apart in opposite directions average to no gap at all: still a bug."""
+
+    def seeded(*curves: list[float]) -> dict[str, Any]:
+        mean = [float(v) for v in np.mean(curves, axis=0)]
+        return {**run(mean), "per_seed": [{"seed": i, "accuracy": c} for i, c in enumerate(curves)]}
+
+    runs = {
+        "fedavg": seeded([0.1, 0.5, 0.7], [0.1, 0.52, 0.7]),
+        "flower_fedavg": seeded([0.1, 0.52, 0.7], [0.1, 0.5, 0.7]),
+        "centralized": run([0.1, 0.6, 0.7]),
+    }
+    s = summarize(runs)
+    assert max_gap_points(runs["fedavg"]["accuracy"], runs["flower_fedavg"]["accuracy"]) == 0.0
+    assert s["max_fedavg_gap_points"] == pytest.approx(2.0)
+    assert s["fedavg_within_1_point"] is False
 
 
 def test_a_diverged_run_has_no_final_accuracy_and_misses_its_goals() -> None:
@@ -221,6 +262,36 @@ def test_quick_mode_end_to_end_ours_only(tmp_path: Path) -> None:
     assert s["bytes_per_update"]["int8"] < s["bytes_per_update"]["fedavg"] / 3
     assert s["bytes_per_update"]["topk"] < s["bytes_per_update"]["int8"]
     assert "max_fedavg_gap_points" not in s
+
+
+def test_quick_mode_over_two_seeds_reports_their_mean(tmp_path: Path) -> None:
+    out = tmp_path / "convergence.json"
+    argv = ["--quick", "--no-flower", "--dataset", "watch", "--seeds", "2", "--out", str(out)]
+    figures = main([*argv, "--runs", "fedavg", "--runs", "centralized", "--no-plot"])
+    (dataset,) = figures["datasets"].values()
+    assert dataset["setup"]["seed_list"] == [0, 1]
+    one = main(
+        [
+            "--quick",
+            "--no-flower",
+            "--dataset",
+            "watch",
+            "--runs",
+            "fedavg",
+            "--no-plot",
+            "--out",
+            str(tmp_path / "one.json"),
+            "--seed",
+            "1",
+        ]
+    )
+    fedavg = dataset["runs"]["fedavg"]
+    by_seed = [seed["accuracy"] for seed in fedavg["per_seed"]]
+    assert by_seed[1] == one["datasets"]["watch"]["runs"]["fedavg"]["accuracy"]
+    assert by_seed[0] != by_seed[1]  # another draw of held-out subjects
+    assert fedavg["accuracy"] == pytest.approx(np.mean(by_seed, axis=0).tolist())
+    assert fedavg["updates"] == 4
+    assert len(fedavg["bytes_per_round"]) == 2
 
 
 def test_flower_runs_the_same_federation_in_its_simulation() -> None:
