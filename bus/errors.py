@@ -9,6 +9,7 @@
           ├── TransportError           a broker, log or store could not do what was asked
           │    ├── ConnectError        could not reach or authenticate with the service
           │    ├── PublishError        a message was not accepted (not acknowledged, too large)
+          │    │    └── NoSubscriberError  accepted, but no subscriber took it (MQTT 5 reason 16)
           │    └── TimeoutError        no answer in time
           ├── LogError                 the durable log (Kafka or the embedded one)
           ├── ObjectStoreError         the object store (S3 or a directory)
@@ -65,6 +66,14 @@ class ConnectError(TransportError):
 
 class PublishError(TransportError):
     """A message was not accepted: not acknowledged, too large, or the client is closed."""
+
+
+class NoSubscriberError(PublishError):
+    """The broker acknowledged the message with reason code 16, "No matching subscribers": it
+    took the message and dropped it, because nothing subscribes to the topic right now (e.g.
+    after a broker restart, before a bridge has subscribed again). Raised only for publishes
+    that ask for a subscriber (`MqttClient.publish(..., require_subscriber=True)`); MQTT 3.1.1
+    has no reason codes, so it is never raised there."""
 
 
 class TimeoutError(TransportError):  # noqa: A001 - deliberately ours, scoped to the bus

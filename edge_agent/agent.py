@@ -304,6 +304,10 @@ class EdgeAgent:
         self.metrics.buffer_rows.set(status.buffer_rows)
         self.metrics.outbox_messages.set(status.outbox_messages)
         self.metrics.model_version.set(status.model_version or 0)
+        # Not `require_subscriber`: a status is not kept anywhere to be sent again, the next
+        # heartbeat replaces it, and the Last Will stands for the device being gone. A status
+        # that finds no subscriber (a broker restart, before the bridge subscribed again) is
+        # simply superseded; updates and data batches go through the outbox, which keeps them.
         try:
             self.client.publish(self.status_topic, encode(status), qos=1)
         except PublishError as exc:

@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bus import errors
-from bus.errors import ConfigError, ConnectError, PublishError
+from bus.errors import ConfigError, ConnectError, NoSubscriberError, PublishError
 from bus.mqtt import fast_decode
 from bus.mqtt.message import MqttMessage, UserProperties, Will, check_topic_filter
 from bus.mqtt.options import MqttOptions, tls_context
@@ -35,20 +35,30 @@ fast_decode.install()  # paho's PUBLISH decoding, without its per-message cost (
 
 Handler = Callable[[MqttMessage], None]
 
+NO_MATCHING_SUBSCRIBERS = 16  # MQTT 5 PUBACK reason: accepted, and dropped for want of a subscriber
+
 
 class PublishHandle:
     """Completes when the broker acknowledged the message (PUBACK for QoS 1)."""
 
-    def __init__(self, client: MqttClient, topic: str, qos: int) -> None:
+    def __init__(
+        self, client: MqttClient, topic: str, qos: int, *, require_subscriber: bool = False
+    ) -> None:
         self._client = client
         self.topic = topic
         self.qos = qos
+        self.require_subscriber = require_subscriber
         self._done = threading.Event()
         self._error: PublishError | None = None
         self._info: paho.MQTTMessageInfo | None = None
 
     def _paho_says_published(self) -> bool:
-        """paho's own record, for an ack that arrived before the handle was registered."""
+        """paho's own record, for an ack that arrived before the handle was registered.
+
+        Only a successful one: paho calls on_publish before it marks the message published,
+        and a PUBACK with any other reason code that came before the registration is kept by
+        the client (`MqttClient._early_acks`) and applied at registration, before this can run.
+        """
         if self._info is None:
             return False
         try:
@@ -68,6 +78,11 @@ class PublishHandle:
         if not self._done.is_set():
             self._paho_says_published()
         return self._done.is_set() and self._error is None
+
+    @property
+    def error(self) -> PublishError | None:
+        """Why it failed (`NoSubscriberError` when no subscriber took it), once it has."""
+        return self._error if self._done.is_set() else None
 
     @property
     def failed(self) -> bool:
@@ -105,6 +120,11 @@ class MqttClient:
         self._lock = threading.RLock()
         self._handlers: dict[str, tuple[int, Handler]] = {}
         self._pending: dict[int, PublishHandle] = {}
+        # PUBACK reason codes other than Success for packet ids not (yet) in `_pending`: the
+        # ack of a publish that came back before `publish` registered its handle. Success is
+        # not kept (paho's own record says it, and QoS 0 "acks" would pile up here); an entry
+        # lives from the PUBACK until the registration a moment later.
+        self._early_acks: dict[int, Any] = {}
         self._connected = threading.Event()
         self._refused: str | None = None
         self._closed = False
@@ -295,6 +315,7 @@ class MqttClient:
         qos: int = 1,
         retain: bool = False,
         user_properties: Mapping[str, str] | None = None,
+        require_subscriber: bool = False,
     ) -> PublishHandle:
         """Queue a message; `wait()` on the handle returns once the broker has it (PUBACK).
 
@@ -303,11 +324,20 @@ class MqttClient:
         returns only once the broker really holds the message. They are lost if the process
         dies first, which is why the edge outbox keeps each message on disk until `wait()`
         returns. `user_properties` need MQTT 5; on 3.1.1 they are refused, not dropped.
+
+        A PUBACK with reason code 16 ("No matching subscribers") means the broker took the
+        message and dropped it: nobody subscribes to the topic, e.g. after a broker restart
+        that lost the shared subscriptions, before the bridge subscribed again. By default
+        that still counts as acknowledged (it is what a status message wants); with
+        `require_subscriber=True` the handle fails with `NoSubscriberError`, so a sender that
+        keeps its message (the edge outbox) keeps it and tries again. On MQTT 3.1.1 a PUBACK
+        carries no reason code: the broker cannot say, the option detects nothing and a
+        dropped message looks acknowledged. It needs QoS 1 to mean anything (QoS 0 has no ack).
         """
         if self._closed:
             raise PublishError(f"publish to {topic!r} on a closed client")
         properties = self._publish_properties(topic, user_properties)
-        handle = PublishHandle(self, topic, qos)
+        handle = PublishHandle(self, topic, qos, require_subscriber=require_subscriber)
         # Our lock is never held while calling into paho: paho holds its own while it calls
         # on_publish, and the opposite order deadlocks under load. An ack that arrives before
         # the registration below is still seen through paho's own record of the message.
@@ -324,7 +354,11 @@ class MqttClient:
             return handle
         handle._info = info
         with self._lock:
-            self._pending[info.mid] = handle
+            early = self._early_acks.pop(info.mid, None)
+            if early is None:
+                self._pending[info.mid] = handle
+        if early is not None:  # its PUBACK came first, and it was not a plain Success
+            self._finish(handle, early)
         return handle
 
     def _publish_properties(
@@ -346,6 +380,8 @@ class MqttClient:
     ) -> None:
         with self._lock:
             handle = self._pending.pop(mid, None)
+            if handle is None and _reason_value(reason) != 0:
+                self._early_acks[mid] = reason  # `publish` has not registered it yet
         if handle is not None:
             self._finish(handle, reason)
 
@@ -354,6 +390,13 @@ class MqttClient:
         if reason is not None and getattr(reason, "is_failure", False):
             handle._finish(
                 PublishError(f"broker refused the message on {handle.topic!r}: {reason}")
+            )
+        elif handle.require_subscriber and _reason_value(reason) == NO_MATCHING_SUBSCRIBERS:
+            handle._finish(
+                NoSubscriberError(
+                    f"no subscriber took the message on {handle.topic!r}: the broker "
+                    f"acknowledged it with reason code 16 ({reason}) and dropped it"
+                )
             )
         else:
             handle._finish()
@@ -536,12 +579,19 @@ class MqttClient:
     def _fail_pending(self, why: str) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._early_acks.clear()
         for handle in pending.values():
             handle._finish(PublishError(f"{why} before the broker acknowledged {handle.topic!r}"))
 
 
 def _defer_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
     """paho's hook for external event loops: writes wait for `MqttClient.loop`."""
+
+
+def _reason_value(reason: Any) -> int:
+    """A PUBACK's reason code as a number; 0 (Success) where there is none (MQTT 3.1.1, QoS 0)."""
+    value = getattr(reason, "value", 0)
+    return value if isinstance(value, int) else 0
 
 
 def _user_properties(message: paho.MQTTMessage) -> UserProperties:

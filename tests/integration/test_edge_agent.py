@@ -300,3 +300,33 @@ def test_updates_made_while_the_broker_is_down_arrive_after(tmp_path: Path) -> N
         agent.stop()
         watcher.close()
         broker.stop()
+
+
+def test_an_update_no_subscriber_took_waits_for_the_bridge(tmp_path: Path, mosquitto: Any) -> None:
+    """After a broker restart Mosquitto 2.0 has lost the bridges' shared subscriptions until they
+    subscribe again, and acknowledges an update nobody subscribes to with reason code 16 and
+    drops it. The agent keeps such an update, backs off, and sends it once a bridge is back."""
+    fleet = unique("farm")
+    prefix = default_prefix(fleet)
+    sent = queued_updates(tmp_path / "data", fleet, 3, 1000)
+    outbox_path = tmp_path / "data" / "outbox.db"
+    config = device(tmp_path, mosquitto.url, fleet=fleet, collectors=[])
+    agent = AgentProcess(config)
+    bridge = None
+    try:
+        paused = agent.wait_logged(
+            "no subscriber took the message; kept in the outbox, topic paused", 60
+        )
+        assert paused["topic"] == update_topic(prefix, "pi-1")
+        assert len(Outbox(outbox_path)) == 3  # acknowledged by the broker, yet kept
+        bridge = Watcher(mosquitto.url, f"$share/bridges/{prefix}/devices/+/update")
+        assert eventually(lambda: len(Outbox(outbox_path)) == 0, 60), agent.tail()
+        assert eventually(lambda: len(bridge.of("update")) >= 3, 10)
+        time.sleep(1.0)  # a second copy would have come by now
+        ids = [m.envelope.id for m in bridge.of("update")]
+        assert sorted(ids) == sorted(sent)  # every update, exactly once
+        assert agent.logged("a subscriber took the message; topic resumed")
+    finally:
+        assert agent.stop() == 0, agent.tail()
+        if bridge is not None:
+            bridge.close()

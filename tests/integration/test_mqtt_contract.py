@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pytest
 
-from bus.errors import ConfigError, ConnectError, PublishError
+from bus.errors import ConfigError, ConnectError, NoSubscriberError, PublishError
 from bus.mqtt import MqttClient, MqttMessage, Will, connect_mqtt
 from bus.mqtt.broker import EmbeddedBroker
 
@@ -174,6 +174,38 @@ def test_publish_wait_returns_after_the_puback(broker_url: str) -> None:
     publisher.close()
     with pytest.raises(PublishError, match="closed"):
         publisher.publish(unique("t") + "/late", b"x")
+
+
+def test_a_publish_that_requires_a_subscriber_fails_when_nobody_takes_it(
+    broker_url: str, request: pytest.FixtureRequest
+) -> None:
+    """MQTT 5 PUBACK reason 16 ("No matching subscribers"): the broker took the message and
+    dropped it. MQTT 3.1.1 (and amqtt, which speaks only that) has no reason codes, so there the
+    same publish looks acknowledged: the documented limit of `require_subscriber`."""
+    topic = unique("t") + "/devices/d1/update"
+    pub = connect_mqtt(broker_url, client_id=unique("pub"))
+    lonely = pub.publish(topic, b"nobody listens", require_subscriber=True)
+    plain = pub.publish(topic, b"nobody listens either")
+    if pub.options.protocol == 5:
+        with pytest.raises(NoSubscriberError, match="no subscriber took the message"):
+            lonely.wait(10)
+        assert lonely.failed
+    else:
+        lonely.wait(10)
+        assert lonely.acknowledged
+    plain.wait(10)
+    assert plain.acknowledged  # without the option, reason 16 is still an acknowledgement
+    inbox = Inbox()
+    # A bridge-like subscriber: a shared subscription, except on amqtt, which has none.
+    shared = request.node.callspec.params["broker_url"] != "embedded-amqtt"
+    group_filter = topic.replace("/d1/", "/+/")
+    sub = subscriber(broker_url, f"$share/bridges/{group_filter}" if shared else topic, inbox)
+    taken = pub.publish(topic, b"someone listens", require_subscriber=True)
+    taken.wait(10)
+    assert taken.acknowledged
+    assert [m.payload for m in inbox.wait_for(1)] == [b"someone listens"]
+    pub.close()
+    sub.close()
 
 
 def test_user_properties_travel_on_mqtt5_and_are_refused_on_311(broker_url: str) -> None:
